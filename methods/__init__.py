@@ -1,0 +1,1 @@
+"""Distillation methods: one module per method, each registering a DistillationMethod subclass."""

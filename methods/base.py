@@ -1,0 +1,182 @@
+"""The method interface: the contract every distillation method in ``methods/`` implements.
+
+A method is an ``nn.Module`` registered by name (``@METHODS.register("kd")``). It is built from the
+feature points of the student and the teacher (channels and stride, known before any forward), the
+number of classes, and its hyperparameters, whose names and defaults are the paper's and live in the
+constructor's signature (the one source of truth; suites override them, runs store the resolved values).
+
+At construction it sets ``student_points`` and ``teacher_points``: the names it needs captured. Its
+learnable parts (connectors, attention modules) are submodules and train with the student's optimizer;
+anything the paper freezes has ``requires_grad=False``. ``forward`` receives the captured features and
+the batch and returns a flat dict of named loss terms, each already multiplied by its weight. The
+harness adds cross-entropy, sums everything, and logs each term. A method never touches the optimizer,
+the data loader, the teacher's parameters or the result store.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from benchmark.models.base import FeaturePoint
+
+
+@dataclass
+class Batch:
+    """What a method sees of the current step besides features.
+
+    ``labels`` are ``[B, H, W]`` int64 at input resolution with ``ignore_index`` for unlabelled pixels.
+    ``iteration`` counts from 0; ``iterations_per_epoch`` lets epoch-based schedules (e.g. "connectors
+    only in the first epoch") be expressed.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    iteration: int = 0
+    total_iterations: int = 1
+    iterations_per_epoch: int = 1
+    ignore_index: int = 255
+
+    @property
+    def epoch(self) -> int:
+        return self.iteration // max(self.iterations_per_epoch, 1)
+
+
+@dataclass
+class PrepareContext:
+    """Given to :meth:`DistillationMethod.prepare`, for methods with a stage before student training.
+
+    ``teacher_features(images)`` runs the frozen teacher once and returns the method's teacher points
+    (under ``torch.no_grad``, so the returned tensors can feed a trainable teacher-side module).
+    ``batches`` is an endless iterator of training :class:`Batch` objects on ``device``.
+    """
+
+    teacher: nn.Module
+    teacher_features: Any
+    batches: Iterator[Batch]
+    num_classes: int
+    device: torch.device
+    log: Any = print
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DistillationMethod(nn.Module):
+    """Base class of all methods. Subclasses set the class attributes and implement ``forward``."""
+
+    #: Full citation of the paper the method follows, and the equations implemented.
+    paper: ClassVar[str] = ""
+    #: ``method`` values of ``loss_vectors.json`` cases this method answers in :meth:`reference_loss`.
+    reference_names: ClassVar[tuple[str, ...]] = ()
+    #: Run the teacher in train mode (batch-statistics BatchNorm). Only for reproducing authors' code.
+    teacher_train_mode: bool = False
+
+    student_points: list[str]
+    teacher_points: list[str]
+
+    def __init__(
+        self,
+        student_points: dict[str, FeaturePoint],
+        teacher_points: dict[str, FeaturePoint],
+        num_classes: int,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.student_points = []
+        self.teacher_points = []
+
+    def forward(
+        self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], batch: Batch
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # --- optional hooks -------------------------------------------------------------------------------
+
+    def prepare(self, context: PrepareContext) -> None:
+        """A stage run once before student training (e.g. AttnFD trains the teacher's attention, then
+        freezes it). Must leave the method in a state that :meth:`state_dict` captures, so a resumed run
+        does not repeat it; the harness calls it only when ``needs_prepare()`` is true."""
+
+    def needs_prepare(self) -> bool:
+        return False
+
+    def separate_step(
+        self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], batch: Batch
+    ) -> dict[str, float]:
+        """Called after the student's optimizer step, with detached student features, for parts trained
+        by the method's own optimizer (adversarial discriminators). Returns scalars to log."""
+        return {}
+
+    def student_optimizer_parameters(self) -> Iterable[nn.Parameter]:
+        """Parameters trained by the student's optimizer: by default every trainable parameter."""
+        return (p for p in self.parameters() if p.requires_grad)
+
+    @classmethod
+    def reference_loss(cls, case_method: str, inputs: dict[str, torch.Tensor], params: dict[str, Any]) -> dict:
+        """The parameter-free part of the loss on a ``loss_vectors.json`` case's inputs.
+
+        Returns ``{"loss": tensor}`` (plus e.g. ``"margin"`` where the case checks it)."""
+        raise NotImplementedError(f"{cls.__name__} answers no reference cases")
+
+    # --- introspection for suites, `list` and the report -------------------------------------------
+
+    @classmethod
+    def hyperparameters(cls) -> dict[str, Any]:
+        """The paper-named hyperparameters and their defaults, read from the constructor's signature."""
+        signature = inspect.signature(cls.__init__)
+        skip = {"self", "student_points", "teacher_points", "num_classes"}
+        return {
+            name: (None if parameter.default is inspect.Parameter.empty else parameter.default)
+            for name, parameter in signature.parameters.items()
+            if name not in skip and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        }
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = inspect.getdoc(cls) or ""
+        return doc.splitlines()[0] if doc else cls.__name__
+
+
+class CompositeMethod(nn.Module):
+    """Several methods in one run (e.g. ``cwd + kd``, as some papers' baseline rows are): the union of
+    their points, their terms prefixed by component label. Built by the harness, not registered."""
+
+    def __init__(self, components: dict[str, DistillationMethod]):
+        super().__init__()
+        self.components = nn.ModuleDict(components)
+        self.student_points = sorted({p for m in components.values() for p in m.student_points})
+        self.teacher_points = sorted({p for m in components.values() for p in m.teacher_points})
+        modes = {m.teacher_train_mode for m in components.values()}
+        if len(modes) > 1:
+            raise ValueError("combined methods disagree on the teacher's mode (train vs eval)")
+        self.teacher_train_mode = modes.pop() if modes else False
+
+    def forward(self, student, teacher, batch: Batch) -> dict[str, torch.Tensor]:
+        terms: dict[str, torch.Tensor] = {}
+        for label, method in self.components.items():
+            for name, value in method(student, teacher, batch).items():
+                terms[f"{label}.{name}"] = value
+        return terms
+
+    def needs_prepare(self) -> bool:
+        return any(m.needs_prepare() for m in self.components.values())
+
+    def prepare(self, context: PrepareContext) -> None:
+        for method in self.components.values():
+            if method.needs_prepare():
+                method.prepare(context)
+
+    def separate_step(self, student, teacher, batch: Batch) -> dict[str, float]:
+        logs: dict[str, float] = {}
+        for label, method in self.components.items():
+            for name, value in method.separate_step(student, teacher, batch).items():
+                logs[f"{label}.{name}"] = value
+        return logs
+
+    def student_optimizer_parameters(self) -> Iterable[nn.Parameter]:
+        for method in self.components.values():
+            yield from method.student_optimizer_parameters()
