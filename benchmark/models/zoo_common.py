@@ -1,0 +1,146 @@
+"""The one model class behind every zoo builder: a timm encoder, a context module, a decoder, a classifier.
+
+Architectures differ only in their parts (see :mod:`benchmark.models.zoo_xception` and
+:mod:`benchmark.models.zoo_cirkd`); the feature points are declared here, once, with the same names everywhere:
+
+=====================  ===========================================================  ==========================
+point                  module                                                       stride
+=====================  ===========================================================  ==========================
+``backbone.1``..``4``  the encoder's four stages (timm ``features_only`` modules)   4, 8, min(16, OS), OS
+``encoder``            ``context``: ASPP or pyramid pooling output                  OS
+``decoder``            ``decoder``: the feature just before the 1x1 classifier      4 (DeepLabV3+), else OS
+``logits``             the model itself, upsampled to the input                     1
+``aux_logits``         ``aux_head`` (CIRKD family), on ``backbone.3``; training only  stride of ``backbone.3``
+=====================  ===========================================================  ==========================
+
+``:pre_relu`` variants exist where the point ends in a ReLU: ResNet stages (input of the last block's final
+activation, which is what Overhaul and AttnFD distil: their code moves that ReLU into the next block), the ASPP
+projection and the decoder's last conv. MobileNetV2 / EfficientNet stages end in a linear bottleneck, so their
+``backbone.k`` already is pre-activation and declares no ``:pre_relu`` twin. Pyramid pooling ends in a concat of
+post-ReLU tensors and has none either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.models.base import PRE_RELU, FeaturePoint, SegmentationModel
+from benchmark.models.heads import DeepLabV3PlusDecoder
+from benchmark.models.pretrained import EncoderSpec, create_encoder
+
+OUTPUT_STRIDES = (8, 16)
+
+
+def check_output_stride(output_stride: int) -> int:
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+    return output_stride
+
+
+def build_encoder(spec: EncoderSpec, output_stride: int, pretrained: bool | str) -> nn.Module:
+    """The four stages (strides 4..32 before dilation) of a timm encoder, dilated to ``output_stride``."""
+    return create_encoder(spec, pretrained, out_indices=(1, 2, 3, 4), output_stride=check_output_stride(output_stride))
+
+
+def apply_multi_grid(stage: nn.Sequential, base_dilation: int, grid: Sequence[int] = (1, 2, 4)) -> None:
+    """DeepLabV3's multi-grid on the last stage: block i's 3x3 conv gets dilation ``base * grid[i]``.
+
+    pytorch-deeplab-xception ``_make_MG_unit`` does this for Bottleneck ResNets (dilations 2, 4, 8 at OS16);
+    timm dilates every block of the stage equally, so we re-set the 3x3 convs (shape-preserving: no new weights).
+    """
+    for block, unit in zip(stage, grid, strict=True):
+        rate = base_dilation * unit
+        block.conv2.dilation, block.conv2.padding = (rate, rate), (rate, rate)
+
+
+def kaiming_init(module: nn.Module) -> None:
+    """pytorch-deeplab-xception's head init (``_init_weight``): kaiming-normal convs, BN at identity."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class ZooModel(SegmentationModel):
+    """Encoder -> context (ASPP / PPM) -> decoder -> 1x1 classifier, optional FCN auxiliary head on stage 3.
+
+    ``forward`` returns the main logits, bilinearly upsampled to the input size (align_corners=True, as both
+    CIRKD and pytorch-deeplab-xception do). The auxiliary head runs only in training mode; its output is the
+    ``aux_logits`` point, captured by hook and weighted by ``aux_weight`` in the harness.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        backbone: nn.Module,
+        context: nn.Module,
+        decoder: nn.Module,
+        aux_head: nn.Module | None = None,
+        aux_weight: float = 0.0,
+        output_stride: int,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.backbone = backbone
+        self.context = context
+        self.decoder = decoder
+        self.classifier = nn.Conv2d(decoder.out_channels, num_classes, 1)
+        self.aux_head = aux_head
+        self.aux_weight = aux_weight if aux_head is not None else 0.0
+        self.output_stride = output_stride
+        self._uses_low_level = isinstance(decoder, DeepLabV3PlusDecoder)
+        self.feature_points = self._declare_points()
+        self.validate_points()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        stages = self.backbone(images)
+        context = self.context(stages[3])
+        feature = self.decoder(context, stages[0]) if self._uses_low_level else self.decoder(context)
+        logits = self.classifier(feature)
+        if self.aux_head is not None and self.training:
+            self.aux_head(stages[2])  # its output is taken by the `aux_logits` hook; inference never pays for it
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
+
+    def _declare_points(self) -> dict[str, FeaturePoint]:
+        info = self.backbone.feature_info
+        points: dict[str, FeaturePoint] = {}
+        for index, (name, channels, stride) in enumerate(
+            zip(info.module_name(), info.channels(), info.reduction(), strict=True), start=1
+        ):
+            points[f"backbone.{index}"] = FeaturePoint(channels, stride, f"backbone.{name}")
+            relu = self._make_final_relu_capturable(name)
+            if relu is not None:
+                points[f"backbone.{index}{PRE_RELU}"] = FeaturePoint(channels, stride, relu, "input")
+        context_channels = self.context.out_channels
+        points["encoder"] = FeaturePoint(context_channels, self.output_stride, "context")
+        if hasattr(self.context, "project"):  # ASPP ends in a ReLU; pyramid pooling in a concat
+            points[f"encoder{PRE_RELU}"] = FeaturePoint(
+                context_channels, self.output_stride, "context.project.2", "input"
+            )
+        decoder_stride = points["backbone.1"].stride if self._uses_low_level else self.output_stride
+        relu_path = "decoder.fuse.6" if self._uses_low_level else "decoder.2"
+        points["decoder"] = FeaturePoint(self.decoder.out_channels, decoder_stride, "decoder")
+        points[f"decoder{PRE_RELU}"] = FeaturePoint(self.decoder.out_channels, decoder_stride, relu_path, "input")
+        points["logits"] = FeaturePoint(self.num_classes, 1, "")
+        if self.aux_head is not None:
+            points["aux_logits"] = FeaturePoint(self.num_classes, points["backbone.3"].stride, "aux_head")
+        return points
+
+    def _make_final_relu_capturable(self, stage_name: str) -> str | None:
+        """Swap a ResNet stage's last activation for a non-in-place ReLU; return its path (None: no final ReLU)."""
+        stage = self.backbone.get_submodule(stage_name)
+        if not isinstance(stage, nn.Sequential) or len(stage) == 0:
+            return None
+        last = len(stage) - 1
+        for attribute in ("act3", "act2"):  # timm Bottleneck, BasicBlock
+            if isinstance(getattr(stage[last], attribute, None), nn.ReLU):
+                setattr(stage[last], attribute, nn.ReLU(inplace=False))
+                return f"backbone.{stage_name}.{last}.{attribute}"
+        return None
