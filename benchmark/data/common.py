@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -354,7 +355,7 @@ class RealDatasetSpec(DatasetSpec):
 
     encodings: tuple[LabelEncoding, ...]
     #: official number of pairs per split (None: no fixed size)
-    expected_counts: Mapping[str, int] = {}
+    expected_counts: Mapping[str, int] = MappingProxyType({})
     #: (width, height) every image of the dataset has, or None where sizes vary
     image_size: tuple[int, int] | None = None
     #: how to obtain and lay out the dataset; appended to failed checks
@@ -368,7 +369,9 @@ class RealDatasetSpec(DatasetSpec):
 
     def resolve_root(self, root: Path | str | None) -> Path:
         if root is None:
-            raise DatasetError(f"dataset {self.name!r} needs a root directory (data.root in the suite, --root)\n{self.help}")
+            raise DatasetError(
+                f"dataset {self.name!r} needs a root directory (data.root in the suite, --root)\n{self.help}"
+            )
         root = Path(root).expanduser()
         if not root.is_dir():
             raise DatasetError(f"dataset {self.name!r}: root {root} is not a directory\n{self.help}")
@@ -376,19 +379,26 @@ class RealDatasetSpec(DatasetSpec):
 
     def build(self, split: str, root: Path | None, subset: int | None = None, partial: bool = False, **options: Any):
         if options:
-            raise DatasetError(f"dataset {self.name!r}: unknown option(s) {sorted(options)}; known: {sorted(self.options())}")
+            raise DatasetError(
+                f"dataset {self.name!r}: unknown option(s) {sorted(options)}; known: {sorted(self.options())}"
+            )
         parts = split_parts(self, split)
         root = self.resolve_root(root)
         samples: list[Sample] = []
         for part in parts:
             scan = self.list_split(part, root)
             if not scan.samples:
-                raise DatasetError(f"dataset {self.name!r} split {part!r} at {root}: no image/label pairs found; "
-                                   + "; ".join(scan.problems[:3]) + f"\n{self.help}")
+                raise DatasetError(
+                    f"dataset {self.name!r} split {part!r} at {root}: no image/label pairs found; "
+                    + "; ".join(scan.problems[:3])
+                    + f"\n{self.help}"
+                )
             if scan.problems:  # pairing problems: refuse to train on a silently different split
                 more = f" (and {len(scan.problems) - 3} more)" if len(scan.problems) > 3 else ""
                 raise DatasetError(
-                    f"dataset {self.name!r} split {part!r} at {root}: " + "; ".join(scan.problems[:3]) + more
+                    f"dataset {self.name!r} split {part!r} at {root}: "
+                    + "; ".join(scan.problems[:3])
+                    + more
                     + f"; run `python -m benchmark data check {self.name} --root {root}` for the full list"
                 )
             samples += take_subset(scan.samples, subset)
@@ -412,7 +422,9 @@ class RealDatasetSpec(DatasetSpec):
         try:
             root = self.resolve_root(root)
         except DatasetError as error:
-            return [SplitScan(split=parts[0], problems=[str(error).splitlines()[0]])] + [SplitScan(split=p) for p in parts[1:]]
+            return [SplitScan(split=parts[0], problems=[str(error).splitlines()[0]])] + [
+                SplitScan(split=p) for p in parts[1:]
+            ]
         scans = []
         for part in parts:
             scan = self.list_split(part, root)
@@ -430,3 +442,50 @@ class RealDatasetSpec(DatasetSpec):
         if not report.ok and self.help:
             report.problems.append(f"how to get and lay out {self.name}:\n{self.help}")
         return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# downloads (for `data prepare --download`)
+
+
+def fetch_archive(url: str, dest: Path, *, what: str, strip: str = "", timeout: float = 30.0) -> None:
+    """Download a .tar/.tar.gz/.tgz from ``url`` and extract it into ``dest``.
+
+    ``strip``, if given, keeps only members under that prefix and removes it (e.g. one folder of a GitHub
+    archive). Extraction uses tarfile's ``data`` filter, which refuses absolute paths, links out of ``dest``
+    and device files. Any network failure becomes a :class:`DatasetError` that names the URL and the reason,
+    so an offline machine gets one clear line instead of a traceback.
+    """
+    import tarfile
+    import urllib.error
+    import urllib.request
+
+    dest.mkdir(parents=True, exist_ok=True)
+    part = dest / (Path(url).name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        part.unlink(missing_ok=True)
+        reason = getattr(error, "reason", error)
+        raise DatasetError(
+            f"could not download {what} from {url}: {reason}. If this machine is offline, download that file "
+            f"elsewhere and unpack it into {dest} by hand."
+        ) from error
+    try:
+        with tarfile.open(part) as archive:
+            members = []
+            for member in archive.getmembers():
+                if strip:
+                    if not member.name.startswith(strip.rstrip("/") + "/"):
+                        continue
+                    member.name = member.name[len(strip.rstrip("/")) + 1 :]
+                    if not member.name:
+                        continue
+                members.append(member)
+            archive.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, OSError) as error:
+        raise DatasetError(f"could not unpack {what} downloaded from {url} into {dest}: {error}") from error
+    finally:
+        part.unlink(missing_ok=True)

@@ -50,9 +50,7 @@ class TrainTransform:
     ):
         self.scale = RandomScale(scale_range)
         steps = [
-            v2.RandomCrop(
-                list(crop), pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}
-            )
+            v2.RandomCrop(list(crop), pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index})
         ]
         if flip:
             steps.append(v2.RandomHorizontalFlip())
@@ -94,4 +92,3 @@ class Finish:
         return self.normalize(image).as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long().reshape(
             mask.shape[-2:]
         )
-
