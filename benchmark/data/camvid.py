@@ -82,7 +82,7 @@ class CamVidSpec(RealDatasetSpec):
                 if line.strip():
                     stem = Path(line.split()[0]).stem
                     if stem not in images and stem not in labels:
-                        scan.problems.append(
+                        scan.missing.append(
                             f"{listed}:{line_number} lists {stem}.png but neither {image_dir / stem}.png nor "
                             f"{label_dir / stem}.png exists"
                         )

@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
 
 from benchmark.data.base import IGNORE_INDEX, CheckReport, DatasetError, DatasetSpec
 
@@ -74,8 +73,14 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """RGB ``uint8 [3, H, W]``, decoded by libpng/libjpeg-turbo through torchvision (no PIL copy)."""
-    return decode_image(str(path), mode=ImageReadMode.RGB)
+    """RGB ``uint8 [3, H, W]`` decoded by PIL (torchvision.io's decoders are deprecated since 0.29).
+
+    The tensor is a channels-last view of PIL's HWC buffer, not a copy: torchvision's uint8 resize has a fast
+    path for exactly that memory layout, and collation makes the batch contiguous anyway.
+    """
+    with Image.open(path) as image:
+        array = np.array(image if image.mode == "RGB" else image.convert("RGB"))  # writable: torch wants that
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 class PairedDataset(Dataset):
@@ -97,7 +102,7 @@ class PairedDataset(Dataset):
         image_path, label_path, encoding = self.samples[index]
         try:
             image = read_image(image_path)
-        except RuntimeError as error:  # torchvision reports undecodable files as RuntimeError
+        except (OSError, SyntaxError, ValueError) as error:
             raise DatasetError(f"{image_path}: cannot decode image ({error})") from error
         try:
             raw = read_label(label_path)
@@ -163,6 +168,8 @@ class SplitScan:
     split: str
     samples: list[Sample] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: entries a list file names whose files are absent: problems, unless the dataset is used ``partial``
+    missing: list[str] = field(default_factory=list)
     #: raw label values present in the files (as stored on disk)
     raw_values: set[int] = field(default_factory=set)
     #: train ids present after mapping (0..K-1 and IGNORE_INDEX)
@@ -387,6 +394,8 @@ class RealDatasetSpec(DatasetSpec):
         samples: list[Sample] = []
         for part in parts:
             scan = self.list_split(part, root)
+            if not partial:
+                scan.problems += scan.missing
             if not scan.samples:
                 raise DatasetError(
                     f"dataset {self.name!r} split {part!r} at {root}: no image/label pairs found; "
@@ -428,6 +437,8 @@ class RealDatasetSpec(DatasetSpec):
         scans = []
         for part in parts:
             scan = self.list_split(part, root)
+            if not partial:
+                scan.problems += scan.missing
             scan.samples = take_subset(scan.samples, subset)
             check_counts(scan, self.expected_counts.get(part), subset, partial, f"{self.name} {part} at {root}")
             check_samples(

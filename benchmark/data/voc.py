@@ -143,9 +143,9 @@ class VOCAugSpec(RealDatasetSpec):
         for image_id in sorted(set(ids)):
             image, label = f"{image_id}.jpg", f"{image_id}.png"
             if image not in images:
-                scan.problems.append(f"{list_file} lists {image_id} but {image_dir / image} is missing")
+                scan.missing.append(f"{list_file} lists {image_id} but {image_dir / image} is missing")
             elif label not in labels:
-                scan.problems.append(f"{list_file} lists {image_id} but {label_dir / label} is missing")
+                scan.missing.append(f"{list_file} lists {image_id} but {label_dir / label} is missing")
             else:
                 scan.samples.append((str(image_dir / image), str(label_dir / label), 0))
         return scan
