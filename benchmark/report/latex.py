@@ -1,0 +1,76 @@
+"""tables.tex: booktabs tabulars a paper can ``\\input`` (needs ``\\usepackage{booktabs}``), text escaped."""
+
+from __future__ import annotations
+
+from benchmark.report.tables import TOLERANCE, PartView, Report, comparison_grid
+
+_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+            ">": r"\textgreater{}", "|": r"\textbar{}", "\n": " "}
+_UNICODE = {"±": r"$\pm$", "–": "--", "−": "$-$", "…": r"\ldots{}", "τ": r"$\tau$", "Δ": r"$\Delta$",
+            "×": r"$\times$", "⚠": r"$^{\dagger}$"}
+
+
+def tex(text) -> str:
+    """Escape LaTeX specials, then spell the report's own symbols (±, –, τ, Δ) in math mode."""
+    out = "".join(_SPECIAL.get(char, char) for char in str(text))
+    for char, repl in _UNICODE.items():
+        out = out.replace(char, repl)
+    return "{}" + out if out.startswith("[") else out  # "\\ [" would read as a row-spacing argument
+
+
+def comparison_tabular(view: PartView) -> list[str]:
+    students, rows = comparison_grid(view)
+    if not rows:
+        return []
+    info = view.info
+    lines = [f"% {tex(info.title)} ({tex(info.name)}): claimed vs reproduced",
+             f"% paper protocol: {tex(info.protocol or 'not stated')}; reproduction: {tex(info.reproduction)}",
+             r"\begin{tabular}{l" + "rlr" * len(students) + "}", r"\toprule"]
+    lines.append("Method & " + " & ".join(rf"\multicolumn{{3}}{{c}}{{{tex(s)}}}" for s in students) + r" \\")
+    lines.append(" ".join(rf"\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(len(students))))
+    lines.append(" & " + " & ".join(["Claimed & Reproduced & $\\Delta$"] * len(students)) + r" \\")
+    lines.append(r"\midrule")
+    for row in rows:
+        parts = [tex(row["method"])]
+        for cell in row["cells"]:
+            if cell is None:
+                parts += ["", "", ""]
+                continue
+            reproduced = cell["reproduced"] + (" [best]" if cell["compared_on"] == "best" and cell["has_runs"] else "")
+            parts += [tex(cell["claimed"]), tex(reproduced), tex(cell["delta"] + (" ⚠" if cell["flag"] else ""))]
+        lines.append(" & ".join(parts) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    note = (f"Reproduced: mean ± std over seeds (n). Δ = reproduced − claimed on the checkpoint the claim states "
+            f"([best] = best on the selection split, else last). ⚠: outside the paper's ± or more than "
+            f"{TOLERANCE:g} mIoU away.")
+    taus = "; ".join(f"{r['student']}: Kendall {r['text']}" for r in view.rankings)
+    lines += [r"\par\smallskip", r"{\footnotesize " + tex(note) + (" " + tex(taus) if taus else "") + "}",
+              r"\par\medskip", ""]
+    return lines
+
+
+def results_tabular(view: PartView, student: str) -> list[str]:
+    frame = view.cells[(view.cells["student"] == student) & view.cells["implemented"]].sort_values("order")
+    lines = [f"% {tex(view.info.title)} ({tex(view.info.name)}), student {tex(student)}",
+             r"\begin{tabular}{lrlrlrrrrr}", r"\toprule",
+             r"Method & $n$ & mIoU (last) & $\Delta$ none & Paired gain [95\% CI] & mIoU (best) & PixAcc & "
+             r"Params (M) & GFLOPs & GPU-h \\",
+             r"\midrule"]
+    for r in frame.itertuples():
+        lines.append(" & ".join(tex(v) for v in (r.method, r.n, r.final_text, r.delta_none_text, r.gain_text,
+                                                r.best_text, r.pa_text, r.params_text, r.gflops_text,
+                                                r.device_hours_text)) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\medskip", ""]
+    return lines
+
+
+def render_latex(report: Report) -> str:
+    lines = [f"% SegKD-Bench tables for suite {tex(report.name)}; requires \\usepackage{{booktabs}}.",
+             "% mIoU and pixel accuracy in %; GFLOPs: fvcore counts one multiply-add as one FLOP.", ""]
+    for view in report.parts:
+        lines += comparison_tabular(view)
+        for student in dict.fromkeys(view.cells["student"]) if not view.cells.empty else []:
+            if student in view.info.students:
+                lines += results_tabular(view, student)
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,108 @@
+"""tables.md: the same tables as the HTML, as GitHub-flavoured Markdown (text escaped, no raw HTML)."""
+
+from __future__ import annotations
+
+from benchmark.report.tables import TOLERANCE, PartView, Report, comparison_grid
+
+FLOPS_NOTE = "GFLOPs at the stated input size; fvcore counts one multiply-add as one FLOP."
+
+
+def esc(text) -> str:
+    """Escape Markdown table/inline syntax, links and HTML: the text shows as written, never as markup."""
+    text = str(text)
+    for char, repl in (("\\", "\\\\"), ("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("|", "\\|"), ("*", "\\*"),
+                       ("_", "\\_"), ("`", "\\`"), ("](", "]\\("), ("\n", " ")):
+        text = text.replace(char, repl)
+    return text
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def comparison_lines(view: PartView) -> list[str]:
+    students, rows = comparison_grid(view)
+    if not rows:
+        return ["No claims and no runs.", ""]
+    header = ["Method"]
+    for student in students:
+        header += [f"{student}: claimed", f"{student}: reproduced", f"{student}: Δ"]
+    body = []
+    for row in rows:
+        line = [row["method"]]
+        for cell in row["cells"]:
+            if cell is None:
+                line += ["", "", ""]
+                continue
+            claimed = cell["claimed"] + (f" ({cell['checkpoint']})" if cell["claimed"] != "–" else "")
+            reproduced = cell["reproduced"] + (" [best]" if cell["compared_on"] == "best" and cell["has_runs"] else "")
+            delta = cell["delta"] + (" ⚠" if cell["flag"] else "")
+            line += [claimed, reproduced, delta]
+        body.append(line)
+    lines = table(header, body)
+    notes = []
+    for row in rows:
+        for student, cell in zip(students, row["cells"]):
+            if cell and cell["flag"]:
+                notes.append(f"⚠ {row['method']} / {student}: {cell['flag']}.")
+            if cell and cell["protocol_differs"]:
+                notes.append(f"{row['method']} / {student}: claim protocol differs: {cell['protocol']}.")
+    lines += [f"- {esc(n)}" for n in notes]
+    lines += [esc(f"Δ = reproduced − claimed, on the checkpoint the claim states ([best] = best on the selection "
+                  f"split, else last); ⚠ = outside the paper's ± or more than {TOLERANCE:g} mIoU away."), ""]
+    for ranking in view.rankings:
+        lines.append(esc(f"Ranking on {ranking['student']}: Kendall {ranking['text']}"))
+        lines.append("")
+    return lines
+
+
+def results_lines(view: PartView, student: str) -> list[str]:
+    frame = view.cells[(view.cells["student"] == student) & view.cells["implemented"]].sort_values("order")
+    selected = ", ".join(sorted({s for s in frame["best_selected_on"] if s})) or "–"
+    header = ["Method", "n", "mIoU last", "Δ none", "paired gain [95% CI]", f"mIoU best ({selected})",
+              "paired gain best", "PixAcc", "Params (M)", "GFLOPs", "Extra params", "GPU-h", "Claimed", "Δ claim",
+              "Status"]
+    rows = [[r.method, str(r.n), r.final_text, r.delta_none_text, r.gain_text, r.best_text, r.gain_best_text,
+             r.pa_text, r.params_text, r.gflops_text, r.method_params_text, r.device_hours_text, r.claim_text,
+             r.claim_delta_text, r.status] for r in frame.itertuples()]
+    return table(header, rows)
+
+
+def render_markdown(report: Report) -> str:
+    lines = [f"# {esc(report.name)}: results", ""]
+    if report.description:
+        lines += [esc(report.description), ""]
+    lines += [esc(f"Suite: {report.suite_path}. {FLOPS_NOTE} mIoU and pixel accuracy in %, mean ± std over "
+                  "seeds (n). Paired gain: mean over seeds of (method − none) with a 95% t-interval."), ""]
+    for view in report.parts:
+        info = view.info
+        lines += [f"## {esc(info.title)} ({esc(info.name)})", ""]
+        table_info = info.table or {}
+        meta = [f"Dataset: {info.dataset}", f"eval split: {info.eval_split}",
+                f"selection split: {info.selection_split}"]
+        if table_info.get("paper"):
+            meta.append(f"paper: {table_info['paper']}")
+        meta.append(f"paper protocol: {info.protocol or 'not stated'}")
+        if table_info.get("source"):
+            meta.append(f"source: {table_info['source']}")
+        lines += [esc("; ".join(meta) + "."), ""]
+        if info.reproduction:
+            lines += [esc(f"Reproduction protocol: {info.reproduction}."), ""]
+        lines += ["### Comparison with the paper", ""] + comparison_lines(view)
+        for student in dict.fromkeys(view.cells["student"]) if not view.cells.empty else []:
+            if student not in info.students:
+                continue
+            lines += [f"### {esc(student)}", ""] + results_lines(view, student)
+    if report.teachers:
+        lines += ["## Teachers", ""]
+        lines += table(["Model", "Dataset", "Split", "mIoU", "PixAcc", "Params (M)", "GPU-h", "Key"],
+                       [[t["model"], t["dataset"], t["split"], t["miou"], t["pixel_accuracy"], t["params"],
+                         t["device_hours"], t["key"]] for t in report.teachers])
+    if report.unfinished:
+        lines += ["## Failed and unfinished runs", ""]
+        lines += table(["Part", "Student", "Method", "Seed", "Status", "Reason", "Run key"],
+                       [[r["part"], r["student"], r["method"], str(r["seed"]), r["status"], r["reason"],
+                         r["run_key"]] for r in report.unfinished])
+    return "\n".join(lines).rstrip() + "\n"

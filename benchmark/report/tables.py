@@ -1,0 +1,721 @@
+"""Aggregation: records -> one tidy DataFrame -> grouped views (per part × student × method), plus statistics.
+
+Everything the renderers (HTML, Markdown, LaTeX, CSV) show is computed here once, so the three formats
+always agree. Records store fractions; everything here is in percent (mIoU, pixel accuracy, per-class IoU).
+
+Conventions (stated in the report too):
+- mean ± sample std (ddof=1) over seeds; a single seed has no std.
+- Δ none: difference of means against the no-distillation row ("none") of the same part and student.
+- paired gain: mean over common seeds of (method_seed − none_seed), with a 95% t-interval (n−1 dof).
+- a claim is compared with the checkpoint it states: "best" -> best-on-selection-split, else the last one.
+- a reproduction is marked when it is outside the paper's ± or more than 1 mIoU from the claim.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from benchmark.store import METRICS, read_json
+
+#: A reproduction further than this from the claim (mIoU points) is marked, whatever the paper's ±.
+TOLERANCE = 1.0
+NOT_IMPLEMENTED = "not reproduced: method not implemented"
+NOT_RUN = "not run yet"
+NO_STUDENT = "not reproduced: student not in this suite"
+
+
+# --- statistics -----------------------------------------------------------------------------------------
+
+
+def mean_std(values) -> tuple[float, float, int]:
+    """Mean, sample std (ddof=1; NaN for one value) and count of the finite values."""
+    array = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    n = int(array.size)
+    if n == 0:
+        return math.nan, math.nan, 0
+    return float(array.mean()), float(array.std(ddof=1)) if n > 1 else math.nan, n
+
+
+def paired_ci(differences, level: float = 0.95) -> tuple[float, float, float, int]:
+    """Mean of paired differences with a two-sided t confidence interval (n−1 dof): (mean, low, high, n).
+
+    One difference has no interval: low and high are NaN.
+    """
+    array = np.asarray([d for d in differences if np.isfinite(d)], dtype=float)
+    n = int(array.size)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(array.mean())
+    if n == 1:
+        return mean, math.nan, math.nan, 1
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * array.std(ddof=1) / math.sqrt(n))
+    return mean, mean - half, mean + half, n
+
+
+def kendall(claimed, reproduced) -> tuple[float, float, int]:
+    """Kendall's τ (scipy's tau-b) between two rankings given as scores: (tau, p-value, n). NaN when n < 2."""
+    x = np.asarray(claimed, dtype=float)
+    y = np.asarray(reproduced, dtype=float)
+    n = int(x.size)
+    if n < 2:
+        return math.nan, math.nan, n
+    result = stats.kendalltau(x, y)
+    return float(result.statistic), float(result.pvalue), n
+
+
+# --- formatting (shared by every renderer) --------------------------------------------------------------
+
+
+def finite(value) -> bool:
+    return value is not None and isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value)
+
+
+def fmt(value, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if finite(value) else "–"
+
+
+def fmt_signed(value, digits: int = 2) -> str:
+    return f"{value:+.{digits}f}" if finite(value) else "–"
+
+
+def fmt_pm(mean, std, n, digits: int = 2) -> str:
+    """'72.35 ± 0.41 (n=3)'; one seed: '72.35 (n=1)'; none: '–'."""
+    if not n or not finite(mean):
+        return "–"
+    if finite(std):
+        return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
+    return f"{mean:.{digits}f} (n={n})"
+
+
+def fmt_ci(mean, low, high, n, digits: int = 2) -> str:
+    """'+1.23 [0.45, 2.01] (n=3)'; one pair: 'n/a (1 seed)'."""
+    if not n or not finite(mean):
+        return "–"
+    if n == 1:
+        return "n/a (1 seed)"
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] (n={n})"
+
+
+def fmt_millions(value) -> str:
+    return f"{value / 1e6:.2f}" if finite(value) else "–"
+
+
+def fmt_count(value) -> str:
+    if not finite(value):
+        return "–"
+    if value >= 1e6:
+        return f"{value / 1e6:.2f} M"
+    if value >= 1e3:
+        return f"{value / 1e3:.1f} k"
+    return f"{int(value)}"
+
+
+def fmt_claim(claim: dict[str, Any] | None) -> str:
+    if not claim:
+        return "–"
+    text = f"{claim['miou']:.2f}"
+    if finite(claim.get("miou_pm")):
+        text += f" ± {claim['miou_pm']:.2f}"
+    return text
+
+
+# --- records -> tidy frame ------------------------------------------------------------------------------
+
+
+def _pct(value) -> float:
+    return 100.0 * float(value) if finite(value) else math.nan
+
+
+def _num(value) -> float:
+    return float(value) if finite(value) else math.nan
+
+
+RUN_COLUMNS = [
+    "part", "table", "dataset", "student", "teacher", "method", "seed", "run_key",
+    "final_split", "final_iteration", "final_miou", "final_pixel_accuracy",
+    "best_selected_on", "best_split", "best_iteration", "best_miou", "best_pixel_accuracy",
+    "params", "flops", "gflops", "flops_input_size", "method_params",
+    "device_hours", "wall_seconds", "seconds_per_iteration", "peak_memory_bytes", "peak_memory_kind",
+    "device", "world_size", "iterations", "git_commit", "git_dirty", "torch_version", "teacher_key",
+    "method_hparams",
+]
+
+
+def tidy_runs(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per finished student run, flat columns, metrics in percent.
+
+    Per-class IoU stays out of the flat columns here (class lists differ across datasets); it is kept in
+    the ``per_class_iou`` / ``class_names`` object columns and flattened for the CSV by :func:`csv_frame`.
+    """
+    rows = []
+    for record in records:
+        if record.get("role", "student") != "student":
+            continue
+        final = record.get("final") or {}
+        best = record.get("best") or {}
+        timing = record.get("timing") or {}
+        cost = record.get("cost") or {}
+        env = record.get("environment") or {}
+        size = cost.get("flops_input_size") or []
+        flops = _num(cost.get("flops"))
+        components = record.get("method_components") or []
+        rows.append({
+            "part": record.get("suite"),
+            "table": record.get("table"),
+            "dataset": record.get("dataset"),
+            "student": record.get("student"),
+            "teacher": record.get("teacher"),
+            "method": record.get("method"),
+            "seed": record.get("seed"),
+            "run_key": record.get("run_key"),
+            "final_split": final.get("split"),
+            "final_iteration": final.get("iteration"),
+            "final_miou": _pct(final.get("miou")),
+            "final_pixel_accuracy": _pct(final.get("pixel_accuracy")),
+            "best_selected_on": best.get("selected_on"),
+            "best_split": best.get("split"),
+            "best_iteration": best.get("iteration"),
+            "best_miou": _pct(best.get("miou")),
+            "best_pixel_accuracy": _pct(best.get("pixel_accuracy")),
+            "params": _num(cost.get("params")),
+            "flops": flops,
+            "gflops": flops / 1e9 if finite(flops) else math.nan,
+            "flops_input_size": "x".join(str(s) for s in size) if size else None,
+            "method_params": _num(cost.get("method_params")),
+            "device_hours": _num(timing.get("device_hours")),
+            "wall_seconds": _num(timing.get("wall_seconds")),
+            "seconds_per_iteration": _num(timing.get("seconds_per_iteration")),
+            "peak_memory_bytes": _num(timing.get("peak_memory_bytes")),
+            "peak_memory_kind": timing.get("peak_memory_kind"),
+            "device": timing.get("device"),
+            "world_size": timing.get("world_size"),
+            "iterations": record.get("iterations"),
+            "git_commit": env.get("git_commit"),
+            "git_dirty": env.get("git_dirty"),
+            "torch_version": (env.get("versions") or {}).get("torch"),
+            "teacher_key": record.get("teacher_key"),
+            "method_hparams": "; ".join(
+                f"{c.get('name')}(" + ", ".join(f"{k}={v}" for k, v in sorted((c.get("hparams") or {}).items())) + ")"
+                for c in components),
+            "class_names": list(record.get("class_names") or []),
+            "per_class_iou": [_pct(v) for v in (final.get("per_class_iou") or [])],
+        })
+    frame = pd.DataFrame(rows, columns=RUN_COLUMNS + ["class_names", "per_class_iou"])
+    if not frame.empty:
+        frame = frame.sort_values(["part", "student", "method", "seed", "run_key"], kind="stable",
+                                  na_position="last").reset_index(drop=True)
+    return frame
+
+
+def csv_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """The flat per-run table written to results.csv: every scalar column plus ``iou.<class>`` columns."""
+    flat = runs[RUN_COLUMNS].copy()
+    classes: list[str] = []
+    for names in runs["class_names"]:
+        for name in names:
+            if name not in classes:
+                classes.append(name)
+    for name in classes:
+        flat[f"iou.{name}"] = [
+            values[names.index(name)] if name in names and names.index(name) < len(values) else math.nan
+            for names, values in zip(runs["class_names"], runs["per_class_iou"])
+        ]
+    return flat
+
+
+def load_teachers(results_dir: Path) -> list[dict[str, Any]]:
+    """Teacher records (``teachers/<key>/metrics.json``), sorted by key."""
+    folder = Path(results_dir) / "teachers"
+    records = []
+    for path in sorted(folder.glob(f"*/{METRICS}")) if folder.is_dir() else []:
+        try:
+            records.append(read_json(path))
+        except (OSError, ValueError):
+            continue
+    return records
+
+
+def teacher_rows(teachers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for record in teachers:
+        final = record.get("final") or {}
+        cost = record.get("cost") or {}
+        rows.append({
+            "model": record.get("model") or record.get("teacher") or "?",
+            "key": record.get("teacher_key") or record.get("run_key") or "",
+            "dataset": ((record.get("config") or {}).get("dataset") or {}).get("name", record.get("dataset") or ""),
+            "split": final.get("split") or "",
+            "miou": fmt(_pct(final.get("miou"))),
+            "pixel_accuracy": fmt(_pct(final.get("pixel_accuracy"))),
+            "params": fmt_millions(_num(cost.get("params"))),
+            "device_hours": fmt(_num((record.get("timing") or {}).get("device_hours")), 3),
+        })
+    return rows
+
+
+# --- parts ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PartInfo:
+    """One table of the suite: what it was meant to hold, independent of which runs finished."""
+
+    name: str
+    title: str
+    table: dict[str, Any] | None
+    description: str
+    dataset: str
+    eval_split: str | None
+    selection_split: str | None
+    class_names: list[str]
+    students: list[str]
+    methods: list[str]  # row labels, the suite's order
+    method_components: dict[str, list[str]]
+    seeds: list[int]
+    claims: list[dict[str, Any]]
+    run_keys: list[str] | None  # None: unknown (no suite record) -> every run of the part counts
+    baseline: str | None = None  # the no-distillation row label
+    protocol: str | None = None  # the table's (paper's) protocol
+    reproduction: str = ""  # our protocol, from a run's resolved config
+
+    @property
+    def anchor(self) -> str:
+        return "part-" + "".join(c if c.isalnum() else "-" for c in self.name)
+
+
+def _baseline(methods: list[str], components: dict[str, list[str]]) -> str | None:
+    for label in methods:
+        if components.get(label) == ["none"]:
+            return label
+    return "none" if "none" in methods else None
+
+
+def parts_from(suite: dict[str, Any] | None, runs: pd.DataFrame) -> list[PartInfo]:
+    """Parts from the suite record; without one, reconstructed from the finished runs (sorted)."""
+    parts = []
+    if suite:
+        for part in suite.get("parts", []):
+            methods = [m["label"] for m in part.get("methods", [])]
+            components = {m["label"]: list(m.get("components", [])) for m in part.get("methods", [])}
+            table = part.get("table")
+            parts.append(PartInfo(
+                name=part["name"], title=part.get("title") or (table or {}).get("title") or part["name"],
+                table=table, description=part.get("description") or "", dataset=part.get("dataset") or "",
+                eval_split=part.get("eval_split"), selection_split=part.get("selection_split"),
+                class_names=list(part.get("class_names") or []), students=list(part.get("students") or []),
+                methods=methods, method_components=components, seeds=list(part.get("seeds") or []),
+                claims=list(part.get("claims") or []), run_keys=list(part.get("run_keys") or []),
+                baseline=_baseline(methods, components), protocol=(table or {}).get("protocol")))
+    else:
+        for name in sorted(runs["part"].dropna().unique()):
+            sub = runs[runs["part"] == name]
+            methods = sorted(sub["method"].unique(), key=lambda m: (m != "none", m))
+            parts.append(PartInfo(
+                name=name, title=str(sub["table"].iloc[0] or name), table=None, description="",
+                dataset=str(sub["dataset"].iloc[0]), eval_split=sub["final_split"].iloc[0],
+                selection_split=sub["best_selected_on"].dropna().iloc[0] if sub["best_selected_on"].notna().any()
+                else None, class_names=list(sub["class_names"].iloc[0]), students=sorted(sub["student"].unique()),
+                methods=methods, method_components={}, seeds=sorted(int(s) for s in sub["seed"].unique()),
+                claims=[], run_keys=None, baseline="none" if "none" in methods else None))
+    return parts
+
+
+def part_runs(runs: pd.DataFrame, part: PartInfo) -> pd.DataFrame:
+    """The finished runs of a part that belong to its current configuration (run key in the suite record)."""
+    if runs.empty:
+        return runs
+    sub = runs[runs["part"] == part.name]
+    if part.run_keys is not None:
+        sub = sub[sub["run_key"].isin(part.run_keys)]
+    return sub
+
+
+def stale_runs(runs: pd.DataFrame, parts: list[PartInfo]) -> pd.DataFrame:
+    """Finished runs in the store that no current part asks for (an older configuration of the suite)."""
+    if runs.empty:
+        return runs
+    keep = pd.Series(False, index=runs.index)
+    for part in parts:
+        keep |= runs.index.isin(part_runs(runs, part).index)
+    return runs[~keep]
+
+
+def reproduction_protocol(records: list[dict[str, Any]], part: PartInfo) -> str:
+    """Our evaluation protocol, read from the resolved config of the part's first finished run."""
+    for record in records:
+        if record.get("suite") != part.name or not record.get("config"):
+            continue
+        config = record["config"]
+        dataset = config.get("dataset") or {}
+        schedule = config.get("schedule") or {}
+        size = dataset.get("eval_size")
+        bits = [
+            f"eval on {dataset.get('eval_split') or part.eval_split}",
+            "full resolution" if size is None else f"eval size {size}",
+            f"absent classes {dataset.get('absent_class_policy', '?')}",
+            f"train crop {dataset.get('crop')}",
+        ]
+        if schedule.get("iterations"):
+            bits.append(f"{schedule['iterations']} iterations")
+        elif schedule.get("epochs"):
+            bits.append(f"{schedule['epochs']} epochs")
+        if schedule.get("batch_size"):
+            bits.append(f"batch {schedule['batch_size']}")
+        return ", ".join(str(b) for b in bits)
+    return ""
+
+
+# --- the per-cell view ----------------------------------------------------------------------------------
+
+
+def _unfinished_counts(unfinished: list[dict[str, Any]], part: PartInfo) -> dict[tuple[str, str], dict[str, int]]:
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    keys = set(part.run_keys or [])
+    for entry in unfinished:
+        if part.run_keys is not None and entry.get("run_key") not in keys:
+            continue
+        config = entry.get("config") or {}
+        student = (config.get("student") or {}).get("name")
+        method = (config.get("method") or {}).get("label")
+        if student is None or method is None:
+            continue
+        bucket = counts.setdefault((student, method), {})
+        status = entry.get("status", "pending")
+        bucket[status] = bucket.get(status, 0) + 1
+    return counts
+
+
+def cells(runs: pd.DataFrame, part: PartInfo, unfinished: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (student, method) of the part, suite order, plus claimed-only rows; numbers and status.
+
+    Rows for claims whose method is not a row of the part come after the part's methods, flagged
+    ``implemented=False``. Numeric columns are in percent; formatted strings are in ``*_text`` columns.
+    """
+    sub = part_runs(runs, part)
+    waiting = _unfinished_counts(unfinished, part)
+    claims = {(c["student"], c["method"]): c for c in part.claims}
+    students = list(part.students)
+    for claim in part.claims:
+        if claim["student"] not in students:
+            students.append(claim["student"])
+    extra_methods = [c["method"] for c in part.claims if c["method"] not in part.methods]
+    extra_methods = list(dict.fromkeys(extra_methods))
+    rows = []
+    for student in students:
+        base = sub[(sub["student"] == student) & (sub["method"] == part.baseline)] if part.baseline else sub.iloc[0:0]
+        base_final = dict(zip(base["seed"], base["final_miou"]))
+        base_best = dict(zip(base["seed"], base["best_miou"]))
+        base_mean = mean_std(base["final_miou"])[0]
+        base_best_mean = mean_std(base["best_miou"])[0]
+        for order, method in enumerate(part.methods + extra_methods):
+            claim = claims.get((student, method))
+            implemented = method in part.methods
+            if not implemented and claim is None:
+                continue
+            own = sub[(sub["student"] == student) & (sub["method"] == method)].sort_values("seed")
+            final = mean_std(own["final_miou"])
+            best = mean_std(own["best_miou"])
+            pa = mean_std(own["final_pixel_accuracy"])
+            hours = mean_std(own["device_hours"])
+            row: dict[str, Any] = {
+                "part": part.name, "student": student, "method": method, "order": order,
+                "implemented": implemented, "is_baseline": method == part.baseline,
+                "seeds": [int(s) for s in own["seed"]], "n": final[2],
+                "final_mean": final[0], "final_std": final[1],
+                "best_mean": best[0], "best_std": best[1], "best_n": best[2],
+                "best_selected_on": ", ".join(sorted(own["best_selected_on"].dropna().unique())),
+                "pa_mean": pa[0], "pa_std": pa[1],
+                "params": own["params"].iloc[0] if len(own) else math.nan,
+                "gflops": own["gflops"].iloc[0] if len(own) else math.nan,
+                "flops_input_size": own["flops_input_size"].iloc[0] if len(own) else None,
+                "method_params": own["method_params"].iloc[0] if len(own) else math.nan,
+                "device_hours": hours[0],
+                "delta_none": final[0] - base_mean if method != part.baseline else math.nan,
+                "delta_none_best": best[0] - base_best_mean if method != part.baseline else math.nan,
+            }
+            # Paired per-seed gains over the baseline trained with the same seeds.
+            if method != part.baseline and len(own):
+                diffs = [m - base_final[s] for s, m in zip(own["seed"], own["final_miou"]) if s in base_final]
+                diffs_best = [m - base_best[s] for s, m in zip(own["seed"], own["best_miou"]) if s in base_best]
+                row["gain"], row["gain_low"], row["gain_high"], row["gain_n"] = paired_ci(diffs)
+                g = paired_ci(diffs_best)
+                row["gain_best"], row["gain_best_low"], row["gain_best_high"], row["gain_best_n"] = g
+            else:
+                row.update(gain=math.nan, gain_low=math.nan, gain_high=math.nan, gain_n=0, gain_best=math.nan,
+                           gain_best_low=math.nan, gain_best_high=math.nan, gain_best_n=0)
+            # The claim, compared with the checkpoint it states.
+            row["claim"] = claim
+            row["claim_miou"] = claim["miou"] if claim else math.nan
+            row["claim_pm"] = claim.get("miou_pm") if claim and finite(claim.get("miou_pm")) else math.nan
+            row["claim_checkpoint"] = claim.get("checkpoint", "unknown") if claim else None
+            row["claim_protocol"] = (claim.get("protocol") if claim else None) or part.protocol
+            row["protocol_differs"] = bool(claim and claim.get("protocol") and part.protocol
+                                           and claim["protocol"] != part.protocol)
+            compare_best = bool(claim and claim.get("checkpoint") == "best" and finite(best[0]))
+            row["compared_on"] = ("best" if compare_best else "last") if claim else None
+            reproduced = best[0] if compare_best else final[0]
+            row["reproduced"] = reproduced
+            row["claim_delta"] = reproduced - claim["miou"] if claim and finite(reproduced) else math.nan
+            flags = []
+            if finite(row["claim_delta"]):
+                if finite(row["claim_pm"]) and abs(row["claim_delta"]) > row["claim_pm"]:
+                    flags.append(f"outside the paper's ±{row['claim_pm']:.2f}")
+                if abs(row["claim_delta"]) > TOLERANCE:
+                    flags.append(f"more than {TOLERANCE:g} mIoU from the claim")
+            row["flag"] = "; ".join(flags)
+            # Status: what a reader should conclude about this cell.
+            pending = waiting.get((student, method), {})
+            if not implemented:
+                status = NOT_IMPLEMENTED
+            elif student not in part.students:
+                status = NO_STUDENT
+            elif final[2] == 0:
+                detail = ", ".join(f"{count} {name}" for name, count in sorted(pending.items()))
+                status = NOT_RUN + (f" ({detail})" if detail else "")
+            else:
+                expected = len(part.seeds) if part.seeds else final[2]
+                status = "reproduced" if final[2] >= expected else f"partial ({final[2]} of {expected} seeds)"
+            row["status"] = status
+            row["failed"] = pending.get("failed", 0)
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame = add_text(frame)
+    return frame
+
+
+def add_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Formatted columns every renderer uses verbatim."""
+    frame = frame.copy()
+    frame["final_text"] = [fmt_pm(m, s, n) for m, s, n in zip(frame.final_mean, frame.final_std, frame.n)]
+    frame["best_text"] = [fmt_pm(m, s, n) for m, s, n in zip(frame.best_mean, frame.best_std, frame.best_n)]
+    frame["pa_text"] = [fmt(m) for m in frame.pa_mean]
+    frame["delta_none_text"] = [fmt_signed(d) for d in frame.delta_none]
+    frame["gain_text"] = [fmt_ci(*v) for v in zip(frame.gain, frame.gain_low, frame.gain_high, frame.gain_n)]
+    frame["gain_best_text"] = [fmt_ci(*v) for v in zip(frame.gain_best, frame.gain_best_low, frame.gain_best_high,
+                                                       frame.gain_best_n)]
+    frame["params_text"] = [fmt_millions(p) for p in frame.params]
+    frame["gflops_text"] = [fmt(g) for g in frame.gflops]
+    frame["method_params_text"] = [fmt_count(p) for p in frame.method_params]
+    frame["device_hours_text"] = [fmt(h, 3) for h in frame.device_hours]
+    frame["claim_text"] = [fmt_claim(c) for c in frame.claim]
+    frame["claim_delta_text"] = [fmt_signed(d) for d in frame.claim_delta]
+    frame["reproduced_text"] = [
+        (r.best_text if r.compared_on == "best" else r.final_text) if r.n else "–" for r in frame.itertuples()]
+    return frame
+
+
+def rankings(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per student: methods having both a claim and a reproduction, ranked by each, with Kendall's τ."""
+    out = []
+    if frame.empty:
+        return out
+    for student in dict.fromkeys(frame["student"]):
+        sub = frame[(frame["student"] == student) & frame["claim_miou"].notna() & frame["reproduced"].notna()]
+        tau, p, n = kendall(sub["claim_miou"].tolist(), sub["reproduced"].tolist())
+        methods = sub["method"].tolist()
+        claimed_rank = sub["claim_miou"].rank(ascending=False, method="min").astype(int).tolist()
+        reproduced_rank = sub["reproduced"].rank(ascending=False, method="min").astype(int).tolist()
+        rows = sorted(zip(claimed_rank, reproduced_rank, methods, sub["claim_miou"], sub["reproduced"]),
+                      key=lambda r: (r[0], r[1], r[2]))
+        if n >= 2 and finite(tau):
+            text = f"τ = {tau:+.3f} (n={n} methods, p = {p:.3f})"
+        else:
+            text = f"τ: n/a (n={n} method{'s' if n != 1 else ''} with both a claim and a reproduction)"
+        out.append({"student": student, "tau": tau, "p": p, "n": n, "text": text,
+                    "rows": [{"claimed_rank": c, "reproduced_rank": r, "method": m, "claimed": fmt(cm),
+                              "reproduced": fmt(rm)} for c, r, m, cm, rm in rows]})
+    return out
+
+
+def heatmap_matrix(runs: pd.DataFrame, part: PartInfo, student: str) -> tuple[list[str], list[str], np.ndarray]:
+    """Methods × classes mean (over seeds, NaN-aware) per-class IoU in percent, last checkpoint."""
+    sub = part_runs(runs, part)
+    sub = sub[sub["student"] == student]
+    classes = list(part.class_names) or (list(sub["class_names"].iloc[0]) if len(sub) else [])
+    methods = [m for m in part.methods if (sub["method"] == m).any()]
+    matrix = np.full((len(methods), len(classes)), np.nan)
+    for i, method in enumerate(methods):
+        values = [v for v in sub[sub["method"] == method]["per_class_iou"] if len(v) == len(classes)]
+        if values:
+            array = np.asarray(values, dtype=float)
+            with np.errstate(all="ignore"):
+                counts = np.isfinite(array).sum(axis=0)
+                sums = np.nansum(array, axis=0)
+                matrix[i] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return methods, classes, matrix
+
+
+@dataclass
+class PartView:
+    info: PartInfo
+    cells: pd.DataFrame
+    rankings: list[dict[str, Any]]
+    runs: pd.DataFrame
+    plots: dict[str, str] = field(default_factory=dict)  # name -> data URI
+    unfinished: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --- the whole report -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """Everything the renderers need, computed from the result store alone."""
+
+    name: str
+    description: str
+    suite_path: str
+    parts: list[PartView]
+    runs: pd.DataFrame
+    stale: pd.DataFrame
+    unfinished: list[dict[str, Any]]
+    teachers: list[dict[str, Any]]
+    provenance: dict[str, Any]
+    hparams: list[dict[str, Any]]
+    has_suite_record: bool
+
+
+def unfinished_rows(unfinished: list[dict[str, Any]], parts: list[PartInfo]) -> list[dict[str, Any]]:
+    owner = {key: part.name for part in parts for key in (part.run_keys or [])}
+    rows = []
+    for entry in unfinished:
+        config = entry.get("config") or {}
+        rows.append({
+            "part": owner.get(entry.get("run_key"), "(not in the current suite)"),
+            "student": (config.get("student") or {}).get("name", "?"),
+            "method": (config.get("method") or {}).get("label", "?"),
+            "seed": config.get("seed", "?"),
+            "status": entry.get("status", "pending"),
+            "reason": entry.get("reason") or {"running": "in progress (or killed without a status update)",
+                                               "interrupted": "stopped after a checkpoint; re-run to resume",
+                                               "pending": "not started"}.get(entry.get("status"), ""),
+            "run_key": entry.get("run_key", ""),
+        })
+    order = {"failed": 0, "interrupted": 1, "running": 2, "pending": 3}
+    rows.sort(key=lambda r: (order.get(r["status"], 9), str(r["part"]), str(r["student"]), str(r["method"]),
+                             str(r["seed"]), r["run_key"]))
+    return rows
+
+
+def provenance(records: list[dict[str, Any]], teachers: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a reviewer checks before trusting the numbers: code version, libraries, hardware, conventions."""
+    def counted(values) -> list[tuple[str, int]]:
+        counts: dict[str, int] = {}
+        for value in values:
+            counts[str(value)] = counts.get(str(value), 0) + 1
+        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    all_records = list(records) + list(teachers)
+    envs = [r.get("environment") or {} for r in all_records]
+    commits = counted(
+        f"{e.get('git_commit') or 'unknown'}{' (dirty working tree)' if e.get('git_dirty') else ''}" for e in envs)
+    packages = sorted({k for e in envs for k in (e.get("versions") or {})})
+    versions = [(package, counted((e.get("versions") or {}).get(package) for e in envs)) for package in packages]
+    timing = [r.get("timing") or {} for r in all_records]
+    cost = [r.get("cost") or {} for r in all_records]
+    return {
+        "commits": commits,
+        "versions": versions,
+        "devices": counted(f"{t.get('device')} × {t.get('world_size')}" for t in timing),
+        "cuda": counted(e.get("cuda") or "none (CPU)" for e in envs),
+        "platforms": counted(e.get("platform") for e in envs),
+        "memory_kinds": counted(t.get("peak_memory_kind") for t in timing if t.get("peak_memory_kind")),
+        "flops_conventions": counted(c.get("flops_convention") for c in cost if c.get("flops_convention")),
+        "schemas": counted(r.get("schema") for r in all_records),
+        "records": len(all_records),
+    }
+
+
+def hparam_rows(records: list[dict[str, Any]], parts: list[PartInfo]) -> list[dict[str, Any]]:
+    """The resolved hyperparameters of every method row, as stored with its runs (one line per distinct set)."""
+    order = {(p.name, m): (i, j) for i, p in enumerate(parts) for j, m in enumerate(p.methods)}
+    seen: dict[tuple, dict[str, Any]] = {}
+    for record in records:
+        if record.get("role", "student") != "student":
+            continue
+        components = record.get("method_components") or []
+        text = "; ".join(
+            f"{c.get('name')}(" + ", ".join(f"{k}={v}" for k, v in sorted((c.get("hparams") or {}).items())) + ")"
+            for c in components)
+        key = (record.get("suite"), record.get("method"), text)
+        seen.setdefault(key, {"part": key[0], "method": key[1], "hparams": text, "students": set()})
+        seen[key]["students"].add(record.get("student"))
+    rows = [dict(v, students=", ".join(sorted(str(s) for s in v["students"]))) for v in seen.values()]
+    rows.sort(key=lambda r: (order.get((r["part"], r["method"]), (999, 999)), str(r["part"]), str(r["method"]),
+                             r["hparams"]))
+    return rows
+
+
+def collect(results_dir: Path) -> Report:
+    """Read the store (suite record, finished and unfinished runs, teachers) and aggregate every view."""
+    from benchmark.store import load_records
+
+    results_dir = Path(results_dir)
+    suite, records, unfinished = load_records(results_dir)
+    records = [r for r in records if r.get("role", "student") == "student"]
+    teachers = load_teachers(results_dir)
+    runs = tidy_runs(records)
+    parts = parts_from(suite, runs)
+    views = []
+    for part in parts:
+        part.reproduction = reproduction_protocol(records, part)
+        frame = cells(runs, part, unfinished)
+        owner_keys = set(part.run_keys or [])
+        views.append(PartView(info=part, cells=frame, rankings=rankings(frame), runs=part_runs(runs, part),
+                              unfinished=[u for u in unfinished if u.get("run_key") in owner_keys]))
+    return Report(
+        name=(suite or {}).get("name") or results_dir.name,
+        description=(suite or {}).get("description") or "",
+        suite_path=(suite or {}).get("path") or "(no suite record: parts reconstructed from the runs)",
+        parts=views, runs=runs, stale=stale_runs(runs, parts), unfinished=unfinished_rows(unfinished, parts),
+        teachers=teacher_rows(teachers), provenance=provenance(records, teachers),
+        hparams=hparam_rows(records, parts), has_suite_record=suite is not None)
+
+
+def comparison_grid(view: PartView) -> tuple[list[str], list[dict[str, Any]]]:
+    """The paper's layout: rows = methods (suite order, then claimed-only ones), columns = students.
+
+    Each cell: claimed, reproduced (on the checkpoint the claim states), Δ, mark, status; None where the
+    part has neither a claim nor a row for that student.
+    """
+    frame = view.cells
+    if frame.empty:
+        return [], []
+    students = list(dict.fromkeys(frame["student"]))
+    methods = list(dict.fromkeys(frame.sort_values(["order"], kind="stable")["method"]))
+    rows = []
+    for method in methods:
+        cells_ = []
+        for student in students:
+            match = frame[(frame["student"] == student) & (frame["method"] == method)]
+            if match.empty:
+                cells_.append(None)
+                continue
+            r = match.iloc[0]
+            has_runs = r["n"] > 0
+            cells_.append({
+                "claimed": r["claim_text"],
+                "checkpoint": r["claim_checkpoint"],
+                "protocol": r["claim_protocol"],
+                "protocol_differs": bool(r["protocol_differs"]),
+                "source": (r["claim"] or {}).get("source", "") if r["claim"] else "",
+                "note": (r["claim"] or {}).get("note") or "" if r["claim"] else "",
+                "reproduced": r["reproduced_text"] if has_runs and r["claim"] else r["final_text"] if has_runs
+                else r["status"],
+                "compared_on": r["compared_on"],
+                "delta": r["claim_delta_text"] if r["claim"] else "",
+                "flag": r["flag"],
+                "status": r["status"],
+                "has_runs": bool(has_runs),
+            })
+        implemented = bool(frame[frame["method"] == method]["implemented"].iloc[0])
+        rows.append({"method": method, "implemented": implemented, "cells": cells_})
+    return students, rows
