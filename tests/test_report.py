@@ -89,9 +89,8 @@ def part_record(name, title, students, methods, seeds, claims, run_keys, protoco
             "seeds": seeds, "claims": claims, "run_keys": run_keys}
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("results") / "fake"
+def build_store(root: Path) -> Path:
+    """Write the fake suite's store under ``root``: suite.json, runs (one failed, one stale), a teacher."""
     keys = []
     for (student, method), values in MAIN.items():
         for seed, miou in enumerate(values):
@@ -130,6 +129,11 @@ def store(tmp_path_factory) -> Path:
     (root / "teachers" / "teacher-abc").mkdir(parents=True)
     (root / "teachers" / "teacher-abc" / "metrics.json").write_text(json.dumps(teacher))
     return root
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return build_store(tmp_path_factory.mktemp("results") / "fake")
 
 
 @pytest.fixture(scope="module")

@@ -38,9 +38,16 @@ def part_context(view) -> dict:
         results.append({"student": student, "rows": rows, "selected_on": selected, "flops_size": sizes})
     heatmaps = [(name.split(":", 1)[1], uri) for name, uri in view.plots.items() if name.startswith("heatmap:")]
     teachers = sorted({t for t in view.runs["teacher"].dropna()}) if not view.runs.empty else []
+    states: dict[str, int] = {}
+    for entry in view.unfinished:
+        states[entry.get("status", "pending")] = states.get(entry.get("status", "pending"), 0) + 1
+    not_started = len(info.run_keys or []) - len(view.runs) - len(view.unfinished)
+    if info.run_keys is not None and not_started > 0:
+        states["not started"] = not_started
     return {"info": info, "students": students, "grid": grid, "results": results, "rankings": view.rankings,
             "plots": view.plots, "heatmaps": heatmaps, "teachers": teachers, "n_runs": len(view.runs),
-            "expected_runs": len(info.run_keys or [])}
+            "expected_runs": len(info.run_keys or []),
+            "states": ", ".join(f"{count} {name}" for name, count in sorted(states.items()))}
 
 
 def run_rows(report: Report) -> list[dict]:
