@@ -21,8 +21,8 @@ def tex(text) -> str:
 
 def comparison_tabular(view: PartView) -> list[str]:
     students, rows = comparison_grid(view)
-    if not rows:
-        return []
+    if not rows or not view.info.claims:
+        return [f"% {tex(view.info.title)} ({tex(view.info.name)}): no paper numbers in the suite", ""]
     info = view.info
     lines = [f"% {tex(info.title)} ({tex(info.name)}): claimed vs reproduced",
              f"% paper protocol: {tex(info.protocol or 'not stated')}; reproduction: {tex(info.reproduction)}",
@@ -53,14 +53,14 @@ def comparison_tabular(view: PartView) -> list[str]:
 def results_tabular(view: PartView, student: str) -> list[str]:
     frame = view.cells[(view.cells["student"] == student) & view.cells["implemented"]].sort_values("order")
     lines = [f"% {tex(view.info.title)} ({tex(view.info.name)}), student {tex(student)}",
-             r"\begin{tabular}{lrlrlrrrrr}", r"\toprule",
-             r"Method & $n$ & mIoU (last) & $\Delta$ none & Paired gain [95\% CI] & mIoU (best) & PixAcc & "
-             r"Params (M) & GFLOPs & GPU-h \\",
+             r"\begin{tabular}{lrlrlrrrrrr}", r"\toprule",
+             (r"Method & $n$ & mIoU (last) & $\Delta$ none & Paired gain [95\% CI] & mIoU (best) & PixAcc & "
+              r"Params (M) & GFLOPs & Extra params & GPU-h \\"),
              r"\midrule"]
     for r in frame.itertuples():
         lines.append(" & ".join(tex(v) for v in (r.method, r.n, r.final_text, r.delta_none_text, r.gain_text,
                                                 r.best_text, r.pa_text, r.params_text, r.gflops_text,
-                                                r.device_hours_text)) + r" \\")
+                                                r.method_params_text, r.device_hours_text)) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\par\medskip", ""]
     return lines
 

@@ -24,6 +24,8 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def comparison_lines(view: PartView) -> list[str]:
     students, rows = comparison_grid(view)
+    if not view.info.claims:
+        return ["The suite gives no paper numbers for this table.", ""]
     if not rows:
         return ["No claims and no runs.", ""]
     header = ["Method"]
@@ -49,7 +51,7 @@ def comparison_lines(view: PartView) -> list[str]:
                 notes.append(f"⚠ {row['method']} / {student}: {cell['flag']}.")
             if cell and cell["protocol_differs"]:
                 notes.append(f"{row['method']} / {student}: claim protocol differs: {cell['protocol']}.")
-    lines += [f"- {esc(n)}" for n in notes]
+    lines += [f"- {esc(n)}" for n in notes] + ([""] if notes else [])
     lines += [esc(f"Δ = reproduced − claimed, on the checkpoint the claim states ([best] = best on the selection "
                   f"split, else last); ⚠ = outside the paper's ± or more than {TOLERANCE:g} mIoU away."), ""]
     for ranking in view.rankings:
@@ -66,7 +68,8 @@ def results_lines(view: PartView, student: str) -> list[str]:
               "Status"]
     rows = [[r.method, str(r.n), r.final_text, r.delta_none_text, r.gain_text, r.best_text, r.gain_best_text,
              r.pa_text, r.params_text, r.gflops_text, r.method_params_text, r.device_hours_text, r.claim_text,
-             r.claim_delta_text, r.status] for r in frame.itertuples()]
+             r.claim_delta_text + (" ⚠" if r.flag else ""), r.status + (f" ({r.failed} failed)" if r.failed and r.n
+                                                                         else "")] for r in frame.itertuples()]
     return table(header, rows)
 
 
