@@ -40,17 +40,19 @@ def block_log_softmax(x: torch.Tensor, ids: torch.Tensor, num_blocks: int) -> to
 
 
 def block_attention_kl(student: torch.Tensor, teacher: torch.Tensor, ids: torch.Tensor, num_blocks: int,
-                       temperature: float) -> torch.Tensor:
+                       temperature: float, occupied: int | None = None) -> torch.Tensor:
     """τ² · mean over (image, channel, block) of KL(φ_T ‖ φ_S), φ = softmax of X/τ over the block's positions.
 
-    With one block (P = G = 1) this is channel-wise distillation (Shu et al., ICCV 2021) exactly."""
+    ``ids`` in [0, num_blocks); ``occupied`` is the number of non-empty blocks (a map narrower than P has empty
+    ones, which must not dilute the mean). With one block (P = G = 1) this is channel-wise distillation (Shu et al.,
+    ICCV 2021) exactly."""
     if student.shape != teacher.shape:
         raise ValueError(f"lgad: student {tuple(student.shape)} != teacher {tuple(teacher.shape)}")
     batch, channels = student.shape[:2]
     log_q = block_log_softmax(student.float().reshape(batch, channels, -1) / temperature, ids, num_blocks)
     log_p = block_log_softmax(teacher.float().reshape(batch, channels, -1) / temperature, ids, num_blocks)
     kl = (log_p.exp() * (log_p - log_q)).sum()
-    return kl * temperature**2 / (batch * channels * num_blocks)
+    return kl * temperature**2 / (batch * channels * (occupied or num_blocks))
 
 
 def local_global_terms(student: torch.Tensor, teacher: torch.Tensor, P: int, G: int, temperature: float,
@@ -60,10 +62,12 @@ def local_global_terms(student: torch.Tensor, teacher: torch.Tensor, P: int, G: 
     terms = {}
     if local:
         ids = local_block_ids(height, width, P, teacher.device)
-        terms["local"] = block_attention_kl(student, teacher, ids, P * P, temperature)
+        occupied = min(P, height) * min(P, width)
+        terms["local"] = block_attention_kl(student, teacher, ids, P * P, temperature, occupied)
     if glob:
         ids = global_block_ids(height, width, G, teacher.device)
-        terms["global"] = block_attention_kl(student, teacher, ids, G * G, temperature)
+        occupied = min(G, height) * min(G, width)
+        terms["global"] = block_attention_kl(student, teacher, ids, G * G, temperature, occupied)
     return terms
 
 
