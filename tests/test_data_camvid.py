@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import CAMVID_ROOT
-from fixtures_data import make_camvid, save_png
+from fixtures_data import make_camvid, one_torch_thread, save_png  # noqa: F401 (autouse)
 from PIL import Image
 from torchvision import tv_tensors
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fixtures_data import one_torch_thread  # noqa: F401 (autouse)
 from torchvision import tv_tensors
 
 from benchmark.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
