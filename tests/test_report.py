@@ -30,6 +30,7 @@ MAIN = {
     ("mobilenet", "kd"): [0.662, 0.668],  # seed 2 failed
     ("mobilenet", EVIL): [0.640, 0.650, 0.645],
 }
+METHOD_IDS = {"none": 0, "kd": 1, EVIL: 2}
 COMPONENTS = {"none": [{"name": "none", "hparams": {}}],
               "kd": [{"name": "kd", "hparams": {"tau": 4.0, "alpha": 0.5}}],
               EVIL: [{"name": "cwd", "hparams": {"tau": 1.0}}, {"name": "kd", "hparams": {"tau": 4.0}}]}
@@ -43,7 +44,7 @@ def run_record(part: str, table: str, student: str, method: str, seed: int, miou
         "schema": 1, "role": "student", "suite": part, "table": table, "dataset": "camvid", "student": student,
         "teacher": None if method == "none" else "resnet101", "teacher_key": None if method == "none" else "teacher-abc",
         "method": method, "method_components": COMPONENTS.get(method, [{"name": method, "hparams": {}}]),
-        "seed": seed, "run_key": run_key or f"{part}-{student}-{abs(hash(method)) % 997}-{seed}", "status": "done",
+        "seed": seed, "run_key": run_key or f"{part}-{student}-{METHOD_IDS.get(method, 9)}-{seed}", "status": "done",
         "class_names": CLASSES,
         "final": {"split": "test", "iteration": 100, "miou": miou, "pixel_accuracy": miou + 0.2,
                   "per_class_iou": per_class},

@@ -54,8 +54,8 @@ def results_tabular(view: PartView, student: str) -> list[str]:
     frame = view.cells[(view.cells["student"] == student) & view.cells["implemented"]].sort_values("order")
     lines = [f"% {tex(view.info.title)} ({tex(view.info.name)}), student {tex(student)}",
              r"\begin{tabular}{lrlrlrrrrrr}", r"\toprule",
-             (r"Method & $n$ & mIoU (last) & $\Delta$ none & Paired gain [95\% CI] & mIoU (best) & PixAcc & "
-              r"Params (M) & GFLOPs & Extra params & GPU-h \\"),
+             f"Method ({tex(student)})" + (r" & $n$ & mIoU (last) & $\Delta$ none & Paired gain [95\% CI] & "
+                                           r"mIoU (best) & PixAcc & Params (M) & GFLOPs & Extra params & GPU-h \\"),
              r"\midrule"]
     for r in frame.itertuples():
         lines.append(" & ".join(tex(v) for v in (r.method, r.n, r.final_text, r.delta_none_text, r.gain_text,

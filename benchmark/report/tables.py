@@ -456,6 +456,7 @@ def cells(runs: pd.DataFrame, part: PartInfo, unfinished: list[dict[str, Any]]) 
             row["claim_pm"] = claim.get("miou_pm") if claim and finite(claim.get("miou_pm")) else math.nan
             row["claim_checkpoint"] = claim.get("checkpoint", "unknown") if claim else None
             row["claim_protocol"] = (claim.get("protocol") if claim else None) or part.protocol
+            row["claim_resolution"] = claim.get("eval_resolution") if claim else None
             row["protocol_differs"] = bool(claim and claim.get("protocol") and part.protocol
                                            and claim["protocol"] != part.protocol)
             compare_best = bool(claim and claim.get("checkpoint") == "best" and finite(best[0]))
@@ -707,7 +708,8 @@ def comparison_grid(view: PartView) -> tuple[list[str], list[dict[str, Any]]]:
                 "protocol": r["claim_protocol"],
                 "protocol_differs": bool(r["protocol_differs"]),
                 "source": (r["claim"] or {}).get("source", "") if r["claim"] else "",
-                "note": (r["claim"] or {}).get("note") or "" if r["claim"] else "",
+                "note": "; ".join(x for x in ((r["claim"] or {}).get("note"), r["claim_resolution"] and
+                                              f"eval resolution {r['claim_resolution']}") if x) if r["claim"] else "",
                 "reproduced": r["reproduced_text"] if has_runs and r["claim"] else r["final_text"] if has_runs
                 else r["status"],
                 "compared_on": r["compared_on"],
