@@ -21,9 +21,12 @@ def channel_self_attention(features: torch.Tensor) -> torch.Tensor:
     both networks: equal inputs give equal outputs, so it can only change what is compared, never create a
     gap by itself.
     """
-    flat = features.flatten(2)
-    energy = torch.bmm(flat, flat.transpose(1, 2)) / flat.shape[-1] ** 0.5
-    attended = torch.bmm(energy.softmax(dim=-1), flat)
+    # float32 with autocast off: energies are sums over N positions, and bf16's relative error on them
+    # becomes an absolute error of whole units inside the softmax
+    with torch.autocast(features.device.type, enabled=False):
+        flat = features.flatten(2).float()
+        energy = torch.bmm(flat, flat.transpose(1, 2)) / flat.shape[-1] ** 0.5
+        attended = torch.bmm(energy.softmax(dim=-1), flat)
     return (flat + attended).view_as(features)
 
 
@@ -33,16 +36,19 @@ def softmax_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
     ``dim=2`` is CWD's channel distribution over positions (Shu et al., ICCV 2021, Eq. 2-3: the sum over
     positions, then the mean over B·C); ``dim=1`` is a distribution over channels at every position.
     """
-    log_q = F.log_softmax(student / temperature, dim=dim)
-    log_p = F.log_softmax(teacher / temperature, dim=dim)
+    # float32: the log-ratio of two close distributions cancels catastrophically under bf16 autocast
+    log_q = F.log_softmax(student.float() / temperature, dim=dim)
+    log_p = F.log_softmax(teacher.float() / temperature, dim=dim)
     kl = (log_p.exp() * (log_p - log_q)).sum(dim=dim)
     return kl.mean() * temperature**2
 
 
 def channel_correlation(features: torch.Tensor) -> torch.Tensor:
     """The ``[B, C, C]`` cosine correlation of channels, each channel a vector over positions."""
-    flat = F.normalize(features.flatten(2), dim=2)
-    return torch.bmm(flat, flat.transpose(1, 2))
+    # float32 with autocast off: entries near ±1 whose small differences are the loss; bf16 keeps ~3 digits
+    with torch.autocast(features.device.type, enabled=False):
+        flat = F.normalize(features.flatten(2).float(), dim=2)
+        return torch.bmm(flat, flat.transpose(1, 2))
 
 
 def connector(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -82,6 +88,8 @@ class ACFD(DistillationMethod):
     * self-attention: parameter-free scaled dot-product over channels with a residual (DANet's channel
       attention form without its learnt γ); a learnt γ would let the student's branch differ from the
       teacher's and the loss would no longer compare like with like. ``afd_self_attention=False`` skips it.
+      On large maps the self-similarity (diagonal) energies dominate the softmax and the attention tends to
+      the identity, so L_afd tends to CWD on the aligned features. Computed in float32 outside autocast.
     * softmax axis of L_afd: spatial by default (CWD, the best-known "channel-wise softmax normalisation"
       distillation), the channel axis as an option.
     * correlation measure: cosine (scale-free, so the connector cannot shrink it away), squared Frobenius

@@ -15,8 +15,8 @@ EPS = 1e-12
 def pixel_discrepancy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-pixel KL(softmax(T/τ) ‖ softmax(S/τ)), ``[B, H, W]``, detached: where the two disagree."""
     with torch.no_grad():
-        log_q = F.log_softmax(student_logits.detach() / temperature, dim=1)
-        log_p = F.log_softmax(teacher_logits / temperature, dim=1)
+        log_q = F.log_softmax(student_logits.detach().float() / temperature, dim=1)
+        log_p = F.log_softmax(teacher_logits.float() / temperature, dim=1)
         return (log_p.exp() * (log_p - log_q)).sum(dim=1).clamp_min(0)
 
 
@@ -57,8 +57,9 @@ def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tenso
 
 def pixel_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """τ² · KL(softmax(T/τ) ‖ softmax(S/τ)) summed over classes, averaged over pixels (CIRKD's CriterionKD)."""
-    log_q = F.log_softmax(student_logits / temperature, dim=1)
-    log_p = F.log_softmax(teacher_logits / temperature, dim=1)
+    # float32: the log-ratio of two close distributions cancels catastrophically under bf16 autocast
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean() * temperature**2
 
 
@@ -181,7 +182,7 @@ class LFD(DistillationMethod):
             feat_t = teacher[self.feature_point]
             feat_s = self.adapted(student[self.feature_point], feat_t.shape[-2:])
         if self.use_feature:
-            squared = (feat_s - feat_t).pow(2)
+            squared = (feat_s.float() - feat_t.float()).pow(2)
             if self.use_spatial_mask:
                 squared = squared * spatial_mask(discrepancy, feat_t.shape[-2:])
             loss = squared.mean()
