@@ -42,7 +42,8 @@ def run_record(part: str, table: str, student: str, method: str, seed: int, miou
     per_class = [miou + 0.05, float("nan"), miou - 0.05]
     return {
         "schema": 1, "role": "student", "suite": part, "table": table, "dataset": "camvid", "student": student,
-        "teacher": None if method == "none" else "resnet101", "teacher_key": None if method == "none" else "teacher-abc",
+        "teacher": None if method == "none" else "resnet101",
+        "teacher_key": None if method == "none" else "teacher-abc",
         "method": method, "method_components": COMPONENTS.get(method, [{"name": method, "hparams": {}}]),
         "seed": seed, "run_key": run_key or f"{part}-{student}-{METHOD_IDS.get(method, 9)}-{seed}", "status": "done",
         "class_names": CLASSES,
@@ -123,7 +124,9 @@ def build_store(root: Path) -> Path:
     suite = {"name": "fake", "description": "A fake suite", "path": "suites/fake.yaml", "parts": [
         part_record("main", "Table 2: CamVid", ["resnet18", "mobilenet"], ["none", "kd", EVIL], [0, 1, 2], claims,
                     keys, "single-scale, test split"),
-        part_record("single", "Table 3: one seed", ["resnet18"], ["none", "kd"], [0], [], one_keys, None)]}
+        # EVIL is a row here but never ran: its claim must read "not run yet".
+        part_record("single", "Table 3: one seed", ["resnet18"], ["none", "kd", EVIL], [0],
+                    [claim("resnet18", EVIL, 61.0)], one_keys, None)]}
     (root / "suite.json").write_text(json.dumps(suite))
     teacher = run_record("main", "", "resnet101", "none", 0, 0.78, run_key="teacher-abc", params=60_000_000)
     teacher.update(role="teacher", model="resnet101")
@@ -222,8 +225,11 @@ def test_claim_statuses_and_flags(store, rendered):
     none = frame[(frame["student"] == "resnet18") & (frame["method"] == "none")].iloc[0]
     assert none["flag"] == ""  # 70.50 vs 70.00: within 1 mIoU, no ± stated
     assert frame[(frame["student"] == "mobilenet") & (frame["method"] == "kd")].iloc[0]["status"].startswith("partial")
+    single = report.parts[1].cells
+    assert single[single["method"] == EVIL].iloc[0]["status"] == T.NOT_RUN
     for name in ("index.html", "tables.md", "tables.tex"):
         assert "not reproduced: method not implemented" in (rendered / name).read_text(), name
+        assert "not run yet" in (rendered / name).read_text(), name
 
 
 def test_no_external_resources(rendered):

@@ -34,7 +34,8 @@ def part_context(view) -> dict:
             continue
         rows = sorted((c for c in cells if c["student"] == student and c["implemented"]), key=lambda c: c["order"])
         selected = ", ".join(sorted({c["best_selected_on"] for c in rows if c["best_selected_on"]})) or "–"
-        sizes = ", ".join(sorted({c["flops_input_size"] for c in rows if c["flops_input_size"]})) or "–"
+        sizes = ", ".join(sorted({c["flops_input_size"] for c in rows if isinstance(c["flops_input_size"], str)}))
+        sizes = sizes or "–"
         results.append({"student": student, "rows": rows, "selected_on": selected, "flops_size": sizes})
     heatmaps = [(name.split(":", 1)[1], uri) for name, uri in view.plots.items() if name.startswith("heatmap:")]
     teachers = sorted({t for t in view.runs["teacher"].dropna()}) if not view.runs.empty else []
