@@ -19,6 +19,7 @@ from benchmark.data import camvid
 from benchmark.data.base import DatasetError
 from benchmark.data.cli import main as data_cli
 from benchmark.data.common import PairedDataset
+from benchmark.data.transforms import TrainTransform
 from benchmark.registry import DATASETS
 
 SPEC = DATASETS.get("camvid")
@@ -66,6 +67,34 @@ def test_dataset_pickles_for_workers(tmp_path):
     clone = pickle.loads(pickle.dumps(dataset))
     assert len(pickle.dumps(dataset)) < 2000  # paths and a 256-entry table, no pixels
     assert torch.equal(clone[1][1], dataset[1][1])
+
+
+class Transformed(torch.utils.data.Dataset):
+    """What the harness does: raw samples from the spec, transforms applied in the worker."""
+
+    def __init__(self, dataset, transform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.transform(*self.dataset[index])
+
+
+def test_loads_in_persistent_pinned_workers(tmp_path):
+    make_camvid(tmp_path, {"train": 4})
+    dataset = Transformed(SPEC.build("train", tmp_path), TrainTransform((128, 160)))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=2, num_workers=2, persistent_workers=True, pin_memory=torch.cuda.is_available()
+    )
+    for _ in range(2):  # two epochs on the same workers
+        batches = list(loader)
+        assert len(batches) == 2
+        images, masks = batches[0]
+        assert images.shape == (2, 3, 128, 160) and images.dtype == torch.float32
+        assert masks.shape == (2, 128, 160) and masks.dtype == torch.int64
+        assert set(masks.unique().tolist()) <= set(range(11)) | {255}
 
 
 def test_check_requires_official_counts_unless_partial(tmp_path):

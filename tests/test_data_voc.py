@@ -108,8 +108,11 @@ def test_bad_labels_are_reported(voc_sbd, tmp_path):
     bad = voc_labels["2007_000033"].copy()
     bad[0, 0] = 77
     save_png(bad, voc2012 / "SegmentationClass/2007_000033.png", palette=voc_colormap(256))
+    jpeg = voc2012 / "JPEGImages/2007_000033.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[:-200])  # an interrupted copy
     report = SPEC.check(voc_root, partial=True, splits=["val"])
     text = "\n".join(report.problems)
+    assert f"{jpeg}: truncated JPEG" in text
     assert "SegmentationClass/2007_000042.png: label image has mode 'RGB', expected a single-channel" in text
     assert "SegmentationClass/2007_000033.png: label value(s) 77 not allowed; expected VOC class indices 0-20" in text
     with pytest.raises(DatasetError, match="2007_000042.png: label image has mode 'RGB'"):
