@@ -43,3 +43,5 @@ def test_unknown_split_and_missing_root(name, tmp_path):
     report = spec.check(tmp_path / "absent")
     assert not report.ok and "absent is not a directory" in report.problems[0]
     assert set(report.counts) == set(required_splits(spec))
+    with pytest.raises(DatasetError, match=r"unknown check option\(s\) \['crop'\]"):
+        spec.check(tmp_path, crop=3)

@@ -107,6 +107,7 @@ def test_padding_is_zero_in_image_and_ignore_in_label():
     raw = ((out_image * std + mean) * 255).round()
     is_image = (raw == 255).all(0)
     assert int(is_image.sum()) == 20 * 30  # the whole image survived, unscaled
+    assert is_image[:20, :30].all()  # padded bottom-right, as the papers' code does: the image sits top-left
     assert (raw[:, ~is_image] == 0).all()
     assert (out_mask[is_image] == 0).all() and (out_mask[~is_image] == 255).all()
 

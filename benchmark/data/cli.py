@@ -83,7 +83,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     }  # fmt: skip
     try:
         report = spec.check(args.root, **options)
-    except (DatasetError, TypeError) as error:  # unknown split, or an option this dataset does not take
+    except (DatasetError, TypeError) as error:  # unknown split, or an option this dataset's check does not take
         print(f"error: {error}", file=sys.stderr)
         return USAGE
     print(report.message(limit=50))

@@ -449,6 +449,11 @@ class RealDatasetSpec(DatasetSpec):
 
     def check(self, root: Path | None, **options: Any) -> CheckReport:
         """Count pairs per split and check pairing, truncation, sizes and label values (see :meth:`scan`)."""
+        known = {"splits", "subset", "partial", "scan_labels", "deep", "workers"}
+        if set(options) - known:
+            raise DatasetError(
+                f"dataset {self.name!r}: unknown check option(s) {sorted(set(options) - known)}; known: {sorted(known)}"
+            )
         report = build_report(self.name, root, self.scan(root, **options))
         if not report.ok and self.help:
             report.problems.append(f"how to get and lay out {self.name}:\n{self.help}")

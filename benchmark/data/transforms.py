@@ -1,7 +1,7 @@
 """Joint image/label transforms, as the papers use them, on torchvision's transforms v2.
 
-Training: random scale (default 0.5-2.0), random crop with image padding 0 and label padding 255,
-horizontal flip, ImageNet normalisation. Evaluation: full resolution, or resized to a suite-given size
+Training: random scale (default 0.5-2.0), padding to the crop size (image 0, label 255, bottom-right as
+in the papers' code), random crop, horizontal flip, ImageNet normalisation. Evaluation: full resolution, or resized to a suite-given size
 (labels always with nearest neighbour: v2 resizes a ``tv_tensors.Mask`` with NEAREST).
 
 Randomness comes from torch's global generator; the loader seeds it per sample
@@ -38,7 +38,30 @@ class RandomScale:
         return F.resize(image, size, antialias=True), F.resize(mask, size)
 
 
+class PadBottomRight:
+    """Pad image (with 0) and mask (with the ignore index) on the right and bottom up to ``crop``.
+
+    Where the papers' code pads (CIRKD ``ImageOps.expand(border=(0, 0, padw, padh))``, mmseg ``Pad``), it pads
+    bottom-right, so the scaled image sits in the crop's top-left corner; torchvision's ``pad_if_needed`` would
+    pad both sides and move it around, which is a different augmentation.
+    """
+
+    def __init__(self, crop: Sequence[int], ignore_index: int = IGNORE_INDEX):
+        self.height, self.width = int(crop[0]), int(crop[1])
+        self.ignore_index = ignore_index
+
+    def __call__(self, image: tv_tensors.Image, mask: tv_tensors.Mask):
+        height, width = image.shape[-2:]
+        pad_h, pad_w = max(0, self.height - height), max(0, self.width - width)
+        if pad_h == 0 and pad_w == 0:
+            return image, mask
+        padding = [0, 0, pad_w, pad_h]  # left, top, right, bottom
+        return F.pad(image, padding, fill=0), F.pad(mask, padding, fill=self.ignore_index)
+
+
 class TrainTransform:
+    """Random scale, bottom-right padding to the crop, random crop, horizontal flip, normalisation."""
+
     def __init__(
         self,
         crop: Sequence[int],
@@ -49,9 +72,8 @@ class TrainTransform:
         ignore_index: int = IGNORE_INDEX,
     ):
         self.scale = RandomScale(scale_range)
-        steps = [
-            v2.RandomCrop(list(crop), pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index})
-        ]
+        self.pad = PadBottomRight(crop, ignore_index)
+        steps = [v2.RandomCrop(list(crop))]
         if flip:
             steps.append(v2.RandomHorizontalFlip())
         self.rest = v2.Compose(steps)
@@ -60,6 +82,7 @@ class TrainTransform:
     def __call__(self, image: tv_tensors.Image, mask: tv_tensors.Mask):
         mask = compact(mask)
         image, mask = self.scale(image, mask)
+        image, mask = self.pad(image, mask)
         image, mask = self.rest(image, mask)
         return self.finish(image, mask)
 
