@@ -1,0 +1,157 @@
+"""``python -m benchmark``: run, report, plan, list, models, data, check-reference.
+
+Exit codes: 0 success; 1 a check found problems (a failed reference case, a dataset with problems, a
+suite with failed runs); 2 bad input (a malformed suite, a missing file), reported in one message with
+no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmark.suite import SuiteError, load_suite
+
+EXAMPLES = """examples:
+  python -m benchmark run suites/smoke.yaml
+  python -m benchmark plan suites/paper_tables.yaml
+  python -m benchmark report results/smoke
+  python -m benchmark list
+  python -m benchmark data check camvid --root ../shared/datasets/CamVid
+  python -m benchmark check-reference ../shared/reference/loss_vectors.json"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmark",
+        description="SegKD-Bench: re-run knowledge-distillation tables for semantic segmentation under one protocol.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="validate a suite, train teachers and every student x method x seed, store results, report",
+        description="Validate SUITE, check its datasets, train (or load) its teachers once, train every "
+                    "student x method x seed run that is not finished (resuming interrupted ones), store each "
+                    "result under RESULTS/<suite>/ and render REPORTS/<suite>/index.html. Finished runs are "
+                    "never trained again or overwritten.")
+    _suite_arguments(run)
+    run.add_argument("--reports", default="reports", help="reports root folder (default: reports)")
+    run.set_defaults(handler=cmd_run)
+
+    plan = commands.add_parser(
+        "plan", help="print the expanded grid of a suite: runs, which are done, which teachers are needed",
+        description="Expand SUITE into its runs without training anything: each run's key and state (done, "
+                    "failed, interrupted, pending), the teachers needed, and dataset problems.")
+    _suite_arguments(plan)
+    plan.set_defaults(handler=cmd_plan)
+
+    report = commands.add_parser(
+        "report", help="re-render tables, plots and the HTML report from stored results alone",
+        description="Render REPORTS/<name>/ (index.html, results.csv, tables.md, tables.tex) from RESULTS_DIR "
+                    "(a suite's folder under results/) without running any model code.")
+    report.add_argument("results_dir", type=Path, help="a suite's results folder, e.g. results/smoke")
+    report.add_argument("--reports", default="reports", help="reports root folder (default: reports)")
+    report.set_defaults(handler=cmd_report)
+
+    listing = commands.add_parser(
+        "list", help="registered datasets, models and methods, with methods' hyperparameters and defaults",
+        description="List what suites can name: datasets (classes, splits), models, and methods with their paper, "
+                    "hyperparameters and defaults.")
+    listing.add_argument("kind", nargs="?", choices=["datasets", "models", "methods"], help="only this registry")
+    listing.set_defaults(handler=cmd_list)
+
+    models = commands.add_parser(
+        "models", help="each model's parameters, GFLOPs at an input size (fvcore) and feature points",
+        description="Build each registered model (random weights) and print parameters, GFLOPs at --size "
+                    "(fvcore: one multiply-add counts as one FLOP) and its feature points with channels and strides.")
+    models.add_argument("names", nargs="*", help="model names (default: all)")
+    models.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    models.add_argument("--num-classes", type=int, default=19)
+    models.set_defaults(handler=cmd_models)
+
+    from benchmark.data.cli import add_data_parser
+
+    add_data_parser(commands)
+
+    reference = commands.add_parser(
+        "check-reference", help="check every loss against the outputs of public reference implementations",
+        description="For every case of a loss-vector file: compute our loss on the case's inputs with its "
+                    "parameters and print case id, method, ours, reference, relative error, pass/fail. Exit 1 "
+                    "if any case fails.")
+    reference.add_argument("file", type=Path, help="e.g. ../shared/reference/loss_vectors.json")
+    reference.set_defaults(handler=cmd_check_reference)
+    return parser
+
+
+def _suite_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("suite", type=Path, help="suite YAML file, e.g. suites/smoke.yaml")
+    parser.add_argument("--results", default="results", help="results root folder (default: results)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a suite key, VALUE as YAML (repeatable), e.g. --set schedule.iterations=10")
+
+
+def cmd_run(args) -> int:
+    from benchmark.runner import run_suite
+
+    suite_file = load_suite(args.suite, args.overrides)
+    report = run_suite(suite_file, args.results, args.reports)
+    if report is not None:
+        print(f"report: {report}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from benchmark.plan import print_plan
+
+    return print_plan(load_suite(args.suite, args.overrides), args.results)
+
+
+def cmd_report(args) -> int:
+    from benchmark.report import render_report
+    from benchmark.store import SUITE_RECORD
+
+    results_dir = args.results_dir
+    if not (results_dir / "runs").is_dir() and not (results_dir / SUITE_RECORD).is_file():
+        raise SuiteError(f"{results_dir}: not a suite's results folder (expected {results_dir}/runs/ or "
+                         f"{results_dir}/{SUITE_RECORD})")
+    print(f"report: {render_report(results_dir, Path(args.reports) / results_dir.resolve().name)}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from benchmark.listing import print_listing
+
+    print_listing(args.kind)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from benchmark.listing import print_models
+
+    return print_models(args.names, tuple(args.size), args.num_classes)
+
+
+def cmd_check_reference(args) -> int:
+    from benchmark.reference import main as check_reference
+
+    return check_reference(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except SuiteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

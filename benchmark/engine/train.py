@@ -1,0 +1,336 @@
+"""The one training loop: data, student, (teacher), method -> train -> evaluate -> record.
+
+Read it top to bottom: set-up, resume, the optional method stage, the loop, the final evaluation.
+Host syncs happen only at logging, evaluation and checkpoint steps, never inside the step itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from benchmark.data.transforms import EvalTransform, TrainTransform
+from benchmark.engine import distributed
+from benchmark.engine.checkpoint import (load_checkpoint, load_state_strict, rng_state, save_checkpoint,
+                                         set_rng_state)
+from benchmark.engine.loader import eval_loader, iterations_per_epoch, train_loader
+from benchmark.engine.prepare import run_prepare
+from benchmark.engine.step import step_losses
+from benchmark.metrics import ConfusionMatrix
+from benchmark.models.base import SegmentationModel
+from benchmark.models.hooks import FeatureCapture
+from benchmark.registry import DATASETS, METHODS, MODELS
+from benchmark.suite import ScheduleConfig
+from methods.base import Batch, CompositeMethod
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainJob:
+    """Everything one run needs; built by the runner from a RunSpec (or a teacher spec)."""
+
+    name: str
+    folder: Path
+    dataset: dict[str, Any]  # resolved DatasetConfig
+    dataset_root: str | None
+    schedule: ScheduleConfig
+    model_name: str
+    model_options: dict[str, Any]
+    seed: int
+    methods: list[dict[str, Any]] = field(default_factory=list)  # [{"name", "hparams"}]
+    teacher: SegmentationModel | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)
+    save_weights: bool = False  # teachers keep their final weights for the runs that use them
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_method(components: list[dict[str, Any]], student: SegmentationModel,
+                 teacher: SegmentationModel | None) -> CompositeMethod:
+    teacher_points = teacher.feature_points if teacher is not None else {}
+    built = {}
+    for component in components:
+        cls = METHODS.get(component["name"])
+        built[component["name"]] = cls(student.feature_points, teacher_points, student.num_classes,
+                                       **component["hparams"])
+    return CompositeMethod(built)
+
+
+def lr_lambda(schedule: ScheduleConfig, total: int):
+    """Multiplier of the base lr at an iteration: linear warm-up, then poly / cosine / constant."""
+    floor = schedule.min_lr / schedule.lr
+
+    def factor(iteration: int) -> float:
+        if iteration < schedule.warmup_iterations:
+            return (iteration + 1) / schedule.warmup_iterations
+        progress = min(iteration / max(total, 1), 1.0)
+        if schedule.lr_schedule == "poly":
+            return floor + (1 - floor) * (1 - progress) ** schedule.poly_power
+        if schedule.lr_schedule == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def make_optimizer(schedule: ScheduleConfig, student: nn.Module, method: CompositeMethod):
+    groups = [{"params": [p for p in student.parameters() if p.requires_grad], "lr": schedule.lr}]
+    method_params = list(method.student_optimizer_parameters())
+    if method_params:
+        groups.append({"params": method_params, "lr": schedule.lr * schedule.method_lr_mult})
+    if schedule.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum, nesterov=schedule.nesterov,
+                               weight_decay=schedule.weight_decay)
+    return torch.optim.AdamW(groups, lr=schedule.lr, weight_decay=schedule.weight_decay)
+
+
+def autocast_context(device: torch.device, runtime: dict[str, Any]):
+    amp = runtime.get("amp", "auto")
+    if device.type == "cuda" and amp in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def use_channels_last(device: torch.device, runtime: dict[str, Any]) -> bool:
+    setting = runtime.get("channels_last", "auto")
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+@torch.inference_mode()
+def evaluate(model: SegmentationModel, loader, num_classes: int, ignore_index: int, device: torch.device,
+             runtime: dict[str, Any], absent_class_policy: str, description: str = "eval") -> dict[str, Any]:
+    """One confusion matrix over the whole split (summed across processes), then the scores."""
+    was_training = model.training
+    model.eval()
+    matrix = ConfusionMatrix(num_classes, ignore_index, device=device)
+    channels_last = use_channels_last(device, runtime)
+    for images, labels in tqdm(loader, desc=description, leave=False, disable=None):
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        with autocast_context(device, runtime):
+            logits = model(images)
+        matrix.update(logits.argmax(dim=1), labels)
+    distributed.all_reduce_sum(matrix.matrix)
+    model.train(was_training)
+    return matrix.compute(absent_class_policy).as_dict()
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda max_memory_allocated"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process max RSS (CPU; whole process)"
+
+
+def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> dict[str, Any]:
+    """Train one run to the end (resuming from its checkpoint if any) and return its record."""
+    rank, world = distributed.rank(), distributed.world_size()
+    dataset_cfg, schedule = job.dataset, job.schedule
+    spec = DATASETS.get(dataset_cfg["name"])
+    root = Path(job.dataset_root).expanduser() if job.dataset_root else None
+
+    def split(name: str):
+        return spec.build(name, root, **dataset_cfg["options"])
+
+    train_set = split(dataset_cfg["train_split"])
+    eval_split = dataset_cfg["eval_split"]
+    selection_split = dataset_cfg["selection_split"]
+    per_epoch = iterations_per_epoch(len(train_set), schedule.batch_size, world)
+    total = schedule.iterations or schedule.epochs * per_epoch
+    log.info("%s: %d training images, %d iterations (%d per epoch), batch %d x %d process(es)", job.name,
+             len(train_set), total, per_epoch, schedule.batch_size, world)
+
+    seed_everything(job.seed)
+    student = MODELS.get(job.model_name)(spec.num_classes, **job.model_options).to(device)
+    teacher = job.teacher
+    method = build_method(job.methods, student, teacher).to(device)
+    channels_last = use_channels_last(device, job.runtime)
+    if channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(schedule, student, method)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, total))
+
+    checkpoint_path = job.folder / "checkpoint.pt"
+    best_path = job.folder / "best.pt"
+    state = {"iteration": 0, "elapsed": 0.0, "best": None, "history": []}
+    if checkpoint_path.is_file():
+        saved = load_checkpoint(checkpoint_path)
+        load_state_strict(student, saved["model"], checkpoint_path, "the student")
+        load_state_strict(method, saved["method"], checkpoint_path, "the method's modules")
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"])
+        state = saved["progress"]
+        log.info("%s: resumed from %s at iteration %d", job.name, checkpoint_path, state["iteration"])
+    if teacher is not None:
+        teacher.train(method.teacher_train_mode)
+
+    train_transform = TrainTransform(dataset_cfg["crop"], dataset_cfg["scale_range"], dataset_cfg["flip"],
+                                     ignore_index=spec.ignore_index)
+    eval_transform = EvalTransform(dataset_cfg["eval_size"])
+    num_workers = int(job.runtime.get("num_workers", 0))
+    pin = device.type == "cuda"
+
+    def batches(seed: int, start: int, stop: int):
+        loader = train_loader(train_set, train_transform, schedule.batch_size, seed, stop, start, num_workers, pin,
+                              rank, world)
+        for images, labels in loader:
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, labels.to(device, non_blocking=True)
+
+    if method.needs_prepare():
+        log.info("%s: method stage before student training", job.name)
+        # A seed stream of its own, so the student's data order does not depend on the stage's length.
+        prepare_batches = (Batch(images, labels, 0, total, per_epoch, spec.ignore_index)
+                           for images, labels in batches(job.seed + 7919, 0, 10**9))
+        run_prepare(method, teacher, prepare_batches, spec.num_classes, device, log=log.info)
+
+    def evaluate_on(split_name: str, model: SegmentationModel) -> dict[str, Any]:
+        loader = eval_loader(split(split_name), eval_transform, schedule.eval_batch_size, num_workers, pin, rank,
+                             world)
+        return evaluate(model, loader, spec.num_classes, spec.ignore_index, device, job.runtime,
+                        dataset_cfg["absent_class_policy"], description=f"eval {split_name}")
+
+    def save(iteration: int) -> None:
+        if not distributed.is_main():
+            return
+        save_checkpoint(checkpoint_path, {
+            "model": student.state_dict(), "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": rng_state(), "scaler": None,
+            "progress": {**state, "iteration": iteration},
+        })
+
+    def select(iteration: int) -> None:
+        """Evaluate on the selection split; keep the best student (its weights too, if scored elsewhere)."""
+        scores = evaluate_on(selection_split, student)
+        state["history"].append({"iteration": iteration, "split": selection_split, "miou": scores["miou"]})
+        log.info("%s: iteration %d: %s mIoU %.4f", job.name, iteration, selection_split, scores["miou"])
+        best = state["best"]
+        if best is None or scores["miou"] > best["selection_miou"]:
+            state["best"] = {"iteration": iteration, "selection_miou": scores["miou"], "scores": scores}
+            if selection_split != eval_split and distributed.is_main():
+                save_checkpoint(best_path, {"model": student.state_dict()})
+
+    student_capture = FeatureCapture(student, method.student_points)
+    teacher_capture = FeatureCapture(teacher, method.teacher_points) if teacher is not None else None
+    student.train()
+    start_iteration = state["iteration"]
+    started = time.perf_counter()
+    elapsed_before = state["elapsed"]
+    running: dict[str, torch.Tensor] = {}
+    progress = tqdm(total=total, initial=start_iteration, desc=job.name, disable=None if rank == 0 else True)
+    iteration = start_iteration
+    for images, labels in batches(job.seed, start_iteration, total):
+        batch = Batch(images, labels, iteration, total, per_epoch, spec.ignore_index)
+        with autocast_context(device, job.runtime):
+            terms, student_feats, teacher_feats = step_losses(student, teacher, method, student_capture,
+                                                              teacher_capture, batch)
+        loss = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.average_gradients(method.student_optimizer_parameters())
+        if schedule.grad_clip_norm:
+            nn.utils.clip_grad_norm_(list(student.parameters()) + list(method.student_optimizer_parameters()),
+                                     schedule.grad_clip_norm)
+        optimizer.step()
+        scheduler.step()
+        method.separate_step({k: v.detach() for k, v in student_feats.items()}, teacher_feats, batch)
+        for name, value in terms.items():
+            running[name] = running.get(name, 0.0) + value.detach().float()
+        running["total"] = running.get("total", 0.0) + loss.detach().float()
+        iteration += 1
+        progress.update(1)
+
+        if iteration % schedule.log_every == 0 or iteration == total:
+            count = schedule.log_every if iteration % schedule.log_every == 0 else iteration % schedule.log_every
+            means = {name: value.item() / count for name, value in running.items()}  # the only sync of the loop
+            running.clear()
+            if not all(math.isfinite(v) for v in means.values()):
+                raise NonFiniteLossError(f"non-finite loss at iteration {iteration}: {means}")
+            state["last_losses"] = means
+            progress.set_postfix(loss=f"{means['total']:.4f}")
+            log.info("%s: iteration %d/%d lr %.3g %s", job.name, iteration, total, scheduler.get_last_lr()[0],
+                     " ".join(f"{k}={v:.4f}" for k, v in means.items()))
+        state["elapsed"] = elapsed_before + time.perf_counter() - started
+        if selection_split and schedule.eval_every and iteration % schedule.eval_every == 0 and iteration < total:
+            select(iteration)
+        if iteration % schedule.checkpoint_every == 0 or iteration == total:
+            state["elapsed"] = elapsed_before + time.perf_counter() - started
+            save(iteration)
+    progress.close()
+    student_capture.remove()
+    if teacher_capture is not None:
+        teacher_capture.remove()
+    if iteration != total:
+        raise RuntimeError(f"the loader stopped at iteration {iteration} of {total}")
+
+    final = evaluate_on(eval_split, student)
+    log.info("%s: final %s mIoU %.4f, pixel accuracy %.4f", job.name, eval_split, final["miou"],
+             final["pixel_accuracy"])
+    best_record = None
+    if selection_split:
+        if selection_split == eval_split:
+            state["history"].append({"iteration": total, "split": eval_split, "miou": final["miou"]})
+            best = state["best"]
+            if best is None or final["miou"] > best["selection_miou"]:
+                best = {"iteration": total, "selection_miou": final["miou"], "scores": final}
+            best_record = {"selected_on": selection_split, "split": eval_split, "iteration": best["iteration"],
+                           **best["scores"]}
+        else:
+            select(total)
+            best = state["best"]
+            if best["iteration"] == total:
+                scores = final
+            else:
+                best_model = MODELS.get(job.model_name)(spec.num_classes, **job.model_options).to(device)
+                load_state_strict(best_model, load_checkpoint(best_path)["model"], best_path, "the best student")
+                scores = evaluate_on(eval_split, best_model)
+            best_record = {"selected_on": selection_split, "split": eval_split, "iteration": best["iteration"],
+                           "selection_miou": best["selection_miou"], **scores}
+    wall = elapsed_before + time.perf_counter() - started
+    memory, memory_kind = peak_memory(device)
+    if job.save_weights and distributed.is_main():
+        save_checkpoint(job.folder / "model.pt", student.state_dict())
+    return {
+        "final": {"split": eval_split, "iteration": total, **final},
+        "best": best_record,
+        "history": state["history"],
+        "iterations": total,
+        "iterations_per_epoch": per_epoch,
+        "last_losses": state.get("last_losses", {}),
+        "timing": {
+            "wall_seconds": wall,
+            "device_hours": wall * world / 3600,
+            "seconds_per_iteration": wall / max(total, 1),
+            "peak_memory_bytes": memory,
+            "peak_memory_kind": memory_kind,
+            "device": str(device),
+            "world_size": world,
+        },
+        "method_params": sum(p.numel() for p in method.student_optimizer_parameters()),
+        "student_model": student,
+    }

@@ -1,0 +1,51 @@
+"""``list`` and ``models``: what suites can name, and what each model costs."""
+
+from __future__ import annotations
+
+import inspect
+
+from benchmark.cost import FLOPS_CONVENTION, count_flops, count_params
+from benchmark.registry import DATASETS, METHODS, MODELS
+
+
+def _first_line(obj) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.split("\n\n")[0].replace("\n", " ")
+
+
+def print_listing(kind: str | None = None) -> None:
+    if kind in (None, "datasets"):
+        print("datasets:")
+        for name, spec in DATASETS.items():
+            root = "needs root" if spec.needs_root else "no files needed"
+            print(f"  {name}: {spec.num_classes} classes, splits {'/'.join(spec.splits)} (train {spec.train_split}, "
+                  f"eval {spec.eval_split}), {root}")
+            if spec.options():
+                print(f"      options: {spec.options()}")
+    if kind in (None, "models"):
+        print("models:")
+        for name, builder in MODELS.items():
+            options = {n: p.default for n, p in inspect.signature(builder).parameters.items()
+                       if p.kind is p.KEYWORD_ONLY}
+            print(f"  {name}: {_first_line(builder)}")
+            if options:
+                print(f"      options: {options}")
+    if kind in (None, "methods"):
+        print("methods:")
+        for name, cls in METHODS.items():
+            print(f"  {name}: {cls.summary()}")
+            print(f"      paper: {cls.paper}")
+            hyper = cls.hyperparameters()
+            if hyper:
+                print("      hyperparameters: " + ", ".join(f"{k}={v!r}" for k, v in hyper.items()))
+
+
+def print_models(names: list[str], size: tuple[int, int], num_classes: int) -> int:
+    print(f"input {size[0]}x{size[1]}, {num_classes} classes; {FLOPS_CONVENTION}")
+    for name in names or MODELS.names():
+        model = MODELS.get(name)(num_classes)
+        print(f"\n{name}: {count_params(model) / 1e6:.2f}M params, {count_flops(model, size) / 1e9:.2f} GFLOPs")
+        for point, spec in model.feature_points.items():
+            print(f"  {point:<24} {spec.channels:>5} channels  stride {spec.stride:>2}  ({spec.capture} of "
+                  f"{spec.module or 'the model'})")
+    return 0
