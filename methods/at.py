@@ -19,9 +19,10 @@ def attention_map(x: torch.Tensor, p: float) -> torch.Tensor:
 def at_loss(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, variant: str = "paper") -> torch.Tensor:
     """Distance between the normalised attention maps of one pair of layers.
 
-    ``paper`` (Eq. 2): ‖Q_S/‖Q_S‖₂ − Q_T/‖Q_T‖₂‖_p per sample, averaged over the batch.
-    ``code`` (the authors' ``at_loss``, CIRKD ``CriterionAT``, mmrazor ``ATLoss``): the mean over B·N of
-    the squared differences. A student map at a different spatial size is bilinearly resized first.
+    ``paper`` (Eq. 2 with section 4.1's scaling of β by 1/(N·B)): Σ_b ‖Q_S,b/‖Q_S,b‖₂ − Q_T,b/‖Q_T,b‖₂‖_p
+    divided by B·N. ``code`` (the authors' ``at_loss``, CIRKD ``CriterionAT``, mmrazor ``ATLoss``): the same
+    with the norm squared, i.e. the mean over B·N of the squared differences. N = H·W of the teacher map; a
+    student map at a different spatial size is bilinearly resized first.
     """
     a_s = student.abs().pow(p).mean(dim=1, keepdim=True)
     if a_s.shape[-2:] != teacher.shape[-2:]:
@@ -33,7 +34,7 @@ def at_loss(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, varian
     if variant == "paper":
         difference = q_s - q_t
         # The p-norm's gradient is undefined at 0; the epsilon only matters when the maps coincide.
-        return (difference.abs().pow(p).sum(dim=1) + 1e-12).pow(1.0 / p).mean()
+        return (difference.abs().pow(p).sum(dim=1) + 1e-12).pow(1.0 / p).sum() / difference.numel()
     raise ValueError(f"at: variant must be 'paper' or 'code', got {variant!r}")
 
 
@@ -47,10 +48,10 @@ class AttentionTransfer(DistillationMethod):
     Loss (Eq. 2): β/2 · Σ_j ‖Q_S^j/‖Q_S^j‖₂ − Q_T^j/‖Q_T^j‖₂‖_p over the distilled layers j.
 
     Open choices and reasons:
-    - ``variant``: ``paper`` (default) is Eq. 2's p-norm of the difference, per sample, averaged over the
-      batch; ``code`` is the authors' released code (and CIRKD's / mmrazor's): the mean over B·H·W of the
-      squared difference. Both are multiplied by β/2 as in the authors' code. CIRKD's recipe corresponds to
-      ``variant='code'`` with β/2 = 10000 on its feature points.
+    - ``variant``: ``paper`` (default) is Eq. 2's p-norm of the difference per sample; ``code`` is the
+      authors' released code (and CIRKD's / mmrazor's), which squares that norm. Both divide by B·N (the
+      paper sets β to "10³ divided by the number of elements in the attention map and batch size", section
+      4.1; the code takes a mean) and multiply by β/2. CIRKD's recipe is ``variant='code'`` with β/2 = 10000.
     - β = 1000 (the paper's value). Points: the outputs (post-ReLU) of the four backbone stages, the
       "residual group outputs" of the paper; AttnFD's Table 1 does not state which points its AT row used.
     - Channel counts may differ (the map averages them away): no connector, no trainable parameter. When

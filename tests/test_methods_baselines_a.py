@@ -48,12 +48,12 @@ def test_at_by_hand_and_variants():
     student = torch.tensor([[[[1.0, 0.0]]]])  # attention [1, 0]
     teacher = torch.tensor([[[[0.0, 2.0]]]])  # attention [0, 4] -> normalised [0, 1]
     assert at_loss(student, teacher, 2, "code").item() == pytest.approx(1.0)  # mean of (1, -1)^2
-    assert at_loss(student, teacher, 2, "paper").item() == pytest.approx(SQRT2)  # ||(1, -1)||_2
+    assert at_loss(student, teacher, 2, "paper").item() == pytest.approx(SQRT2 / 2)  # ||(1, -1)||_2 / (B N)
     with pytest.raises(ValueError):
         at_loss(student, teacher, 2, "other")
     cls = METHODS.get("at")
     sp, tp = points({"backbone.4": 1}), points({"backbone.4": 3})
-    for variant, expected in (("paper", 500 * SQRT2), ("code", 500.0)):
+    for variant, expected in (("paper", 500 * SQRT2 / 2), ("code", 500.0)):
         method = cls(sp, tp, 6, variant=variant, points=("backbone.4",))
         terms = method({"backbone.4": student}, {"backbone.4": teacher.repeat(1, 3, 1, 1)}, dummy_batch())
         assert terms["at"].item() == pytest.approx(expected, rel=1e-6)
