@@ -43,7 +43,10 @@ class DIST(DistillationMethod):
     Open choices and reasons:
     - β = γ = 1, τ = 1: the authors' segmentation code (``hunto/DIST_KD``, its ``DIST`` has no temperature,
       which is τ = 1; mmrazor's τ multiplies both terms by τ², which we follow for τ ≠ 1).
-    - Point: the logits at input resolution; no ignore mask (the authors' code has none).
+    - Point: the logits at input resolution; no ignore mask (the authors' code has none). The authors'
+      code (CIRKD-based) uses the head's stride-8 logits before upsampling and adds 0.4·DIST on the
+      auxiliary head of its DeepLabV3 models; the DeepLabV3+ pairs of AttnFD's Table 1 have no auxiliary
+      head, and the interface has no pre-upsampling logits point, so neither is reproduced here.
     - No trainable parameter.
     """
 
