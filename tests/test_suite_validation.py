@@ -1,0 +1,124 @@
+"""Malformed suites: each gets one clear message naming the file, the key path and what was expected,
+exit code 2, and no traceback, before anything runs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from benchmark.__main__ import main
+from benchmark.suite import expand, load_suite
+
+VALID = {
+    "name": "mini",
+    "dataset": {"name": "synthetic", "crop": [32, 32], "options": {"image_size": 32, "num_train": 16,
+                                                                   "num_val": 8}},
+    "schedule": {"iterations": 4, "batch_size": 4, "lr": 0.01},
+    "teachers": {"t": {"model": "tiny_teacher"}},
+    "students": [{"model": "tiny_student"}],
+    "methods": [{"name": "none"}, {"name": "kd", "hparams": {"temperature": 4.0}}],
+    "seeds": [0],
+}
+
+
+def write(tmp_path, data, name="suite.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def mutate(change):
+    data = copy.deepcopy(VALID)
+    change(data)
+    return data
+
+
+MALFORMED = [
+    ("unknown top-level key", mutate(lambda d: d.update(sedes=[0])), ["sedes", "unknown key"]),
+    ("negative lr", mutate(lambda d: d["schedule"].update(lr=-0.1)), ["schedule", "lr must be > 0"]),
+    ("seeds not integers", mutate(lambda d: d.update(seeds=[0, "one"])), ["seeds[1]", "integer"]),
+    ("float seed", mutate(lambda d: d.update(seeds=[1.5])), ["seeds[0]", "integer"]),
+    ("unknown method", mutate(lambda d: d["methods"].append({"name": "kdd"})),
+     ["methods[2]", "unknown method 'kdd'", "did you mean 'kd'"]),
+    ("unknown model", mutate(lambda d: d["students"][0].update(model="tiny_studnet")),
+     ["students[0]", "unknown model 'tiny_studnet'"]),
+    ("unknown dataset", mutate(lambda d: d["dataset"].update(name="cityscape")),
+     ["dataset.name", "unknown dataset 'cityscape'"]),
+    ("crop larger than allowed", mutate(lambda d: d["dataset"].update(crop=[2048, 64])),
+     ["dataset", "crop [2048, 64] is larger"]),
+    ("wrong type", mutate(lambda d: d["schedule"].update(batch_size="eight")), ["schedule.batch_size", "integer"]),
+    ("unknown hyperparameter", mutate(lambda d: d["methods"][1]["hparams"].update(temprature=2.0)),
+     ["methods[1]", "no hyperparameter 'temprature'"]),
+    ("hyperparameter of wrong type", mutate(lambda d: d["methods"][1]["hparams"].update(temperature="hot")),
+     ["methods[1]", "'temperature': expected a number"]),
+    ("both iterations and epochs", mutate(lambda d: d["schedule"].update(epochs=3)),
+     ["schedule", "exactly one of `iterations` or `epochs`"]),
+    ("missing key", mutate(lambda d: d.pop("schedule")), ["schedule", "required key is missing"]),
+    ("duplicate seeds", mutate(lambda d: d.update(seeds=[1, 1])), ["seeds must be distinct"]),
+    ("unknown teacher of a student", mutate(lambda d: d["students"][0].update(teacher="big")),
+     ["students[0].teacher 'big'"]),
+    ("bad lr schedule", mutate(lambda d: d["schedule"].update(lr_schedule="step")),
+     ["schedule.lr_schedule", "'poly', 'cosine' or 'constant'"]),
+    ("momentum out of range", mutate(lambda d: d["schedule"].update(momentum=1.5)), ["momentum must be in [0, 1)"]),
+    ("unknown model option", mutate(lambda d: d["students"][0].update(options={"output_strid": 8})),
+     ["students[0]", "unknown option 'output_strid'"]),
+    ("claim out of range", mutate(lambda d: d.update(claims=[{"student": "tiny_student", "method": "kd",
+                                                             "miou": 170.0, "source": "x"}])),
+     ["claims[0].miou", "percentages"]),
+    ("not a mapping", "- just\n- a list\n", ["expected a mapping"]),
+    ("invalid yaml", "name: [unclosed\n", ["not valid YAML"]),
+    ("python tag (no code in config)", "name: !!python/object/apply:os.system ['true']\n", ["not valid YAML"]),
+]
+
+
+@pytest.mark.parametrize("label,data,expected", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_suite_exits_2_with_one_clear_message(tmp_path, capsys, label, data, expected):
+    path = write(tmp_path, data)
+    results = tmp_path / "results"
+    code = main(["run", str(path), "--results", str(results), "--reports", str(tmp_path / "reports")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    assert str(path) in err, err
+    for fragment in expected:
+        assert fragment in err, f"{label}: {fragment!r} not in {err!r}"
+    assert not results.exists(), "nothing may be written for a suite that fails validation"
+
+
+def test_valid_suite_expands_to_student_method_seed_grid(tmp_path):
+    data = mutate(lambda d: d.update(seeds=[0, 1]))
+    suite = load_suite(write(tmp_path, data)).parts[0]
+    runs, teachers = expand(suite)
+    assert len(runs) == 1 * 2 * 2
+    assert len({r.key for r in runs}) == 4
+    assert [r.needs_teacher for r in runs] == [False, False, True, True]
+    kd = [r for r in runs if r.method_label == "kd"][0]
+    assert kd.config["method"]["components"][0]["hparams"] == {"temperature": 4.0, "loss_weight": 1.0}
+
+
+def test_run_key_ignores_paths_and_workers_but_not_hyperparameters(tmp_path):
+    base = load_suite(write(tmp_path, VALID)).parts[0]
+    moved = load_suite(write(tmp_path, mutate(lambda d: d.update(runtime={"num_workers": 3})), "b.yaml")).parts[0]
+    changed = load_suite(write(tmp_path, mutate(lambda d: d["methods"][1]["hparams"].update(temperature=2.0)),
+                               "c.yaml")).parts[0]
+    keys = lambda s: {r.method_label: r.key for r in expand(s)[0]}  # noqa: E731
+    assert keys(base) == keys(moved)
+    assert keys(base)["kd"] != keys(changed)["kd"] and keys(base)["none"] == keys(changed)["none"]
+
+
+def test_extends_and_overrides(tmp_path):
+    write(tmp_path, mutate(lambda d: d.pop("name")), "base.yaml")
+    child = write(tmp_path, {"extends": "base.yaml", "name": "child", "schedule": {"lr": 0.5}}, "child.yaml")
+    suite = load_suite(child, overrides=["schedule.iterations=7", "seeds=[3, 4]"]).parts[0]
+    assert suite.name == "child" and suite.schedule.lr == 0.5 and suite.schedule.batch_size == 4
+    assert suite.schedule.iterations == 7 and suite.seeds == [3, 4]
+
+
+def test_include_rejects_a_cell_defined_twice(tmp_path, capsys):
+    write(tmp_path, mutate(lambda d: d.update(table={"title": "Table 1"})), "a.yaml")
+    write(tmp_path, mutate(lambda d: d.update(name="b", table={"title": "Table 1"})), "b.yaml")
+    collection = write(tmp_path, {"name": "all", "include": ["a.yaml", "b.yaml"]}, "all.yaml")
+    assert main(["plan", str(collection), "--results", str(tmp_path / "r")]) == 2
+    assert "defined twice" in capsys.readouterr().err
