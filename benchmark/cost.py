@@ -15,13 +15,11 @@ from torch import nn
 FLOPS_CONVENTION = "fvcore: one multiply-add counts as one FLOP"
 
 
-def count_params(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
 @torch.no_grad()
 def count_flops(model: nn.Module, input_size: tuple[int, int]) -> int:
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # fvcore still calls the deprecated torch.jit.script
+        from fvcore.nn import FlopCountAnalysis
 
     was_training = model.training
     model.eval()

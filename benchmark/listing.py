@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 
-from benchmark.cost import FLOPS_CONVENTION, count_flops, count_params
+from benchmark.cost import FLOPS_CONVENTION
+from benchmark.models.describe import describe_registered
 from benchmark.registry import DATASETS, METHODS, MODELS
 
 
@@ -43,9 +44,10 @@ def print_listing(kind: str | None = None) -> None:
 def print_models(names: list[str], size: tuple[int, int], num_classes: int) -> int:
     print(f"input {size[0]}x{size[1]}, {num_classes} classes; {FLOPS_CONVENTION}")
     for name in names or MODELS.names():
-        model = MODELS.get(name)(num_classes)
-        print(f"\n{name}: {count_params(model) / 1e6:.2f}M params, {count_flops(model, size) / 1e9:.2f} GFLOPs")
-        for point, spec in model.feature_points.items():
-            print(f"  {point:<24} {spec.channels:>5} channels  stride {spec.stride:>2}  ({spec.capture} of "
-                  f"{spec.module or 'the model'})")
+        info = describe_registered(name, num_classes, [size])
+        print(f"\n{name}: {info['params'] / 1e6:.2f}M params ({info['params_inference'] / 1e6:.2f}M at inference), "
+              f"{next(iter(info['gflops'].values())):.2f} GFLOPs")
+        for point, spec in info["feature_points"].items():
+            print(f"  {point:<24} {spec['channels']:>5} channels  stride {spec['stride']:>2}  ({spec['capture']} of "
+                  f"{spec['module'] or 'the model'})")
     return 0

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from benchmark.cost import FLOPS_CONVENTION, count_flops, count_params
+from benchmark.cost import FLOPS_CONVENTION, count_flops
 from benchmark.data.base import DatasetError
 from benchmark.engine import distributed
 from benchmark.engine.checkpoint import CheckpointError, load_checkpoint, load_state_strict
 from benchmark.engine.train import NonFiniteLossError, TrainJob, build_method, run_training
-from benchmark.models.base import SegmentationModel, freeze
+from benchmark.models.base import SegmentationModel, count_parameters, freeze
 from benchmark.registry import DATASETS, MODELS
 from benchmark.store import ResultStore, RunFolder, RunLockedError
 from benchmark.suite import RunSpec, Suite, SuiteError, SuiteFile, TeacherSpec, expand
@@ -284,7 +284,7 @@ class Runner:
                 "class_names": list(spec.class_names),
                 **result,
                 "cost": {
-                    "params": count_params(student),
+                    "params": count_parameters(student),
                     "flops": self._count_flops(job, student, size),
                     "flops_input_size": list(size),
                     "flops_convention": FLOPS_CONVENTION,

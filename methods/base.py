@@ -138,7 +138,7 @@ class DistillationMethod(nn.Module):
     @classmethod
     def summary(cls) -> str:
         doc = inspect.getdoc(cls) or ""
-        return doc.splitlines()[0] if doc else cls.__name__
+        return " ".join(doc.split("\n\n")[0].split()) if doc else cls.__name__
 
 
 class CompositeMethod(nn.Module):

@@ -8,29 +8,16 @@ count zero, which is the papers' convention too.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
+from benchmark.cost import count_flops
 from benchmark.models.base import SegmentationModel, count_parameters
 
 
 def count_gflops(model: SegmentationModel, input_size: tuple[int, int]) -> float:
     """fvcore GFLOPs (multiply-adds) of one forward at ``input_size`` (H, W), eval mode, batch 1."""
-    from fvcore.nn import FlopCountAnalysis
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            analysis = FlopCountAnalysis(model, torch.zeros(1, 3, *input_size))
-            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            logging.getLogger("fvcore").setLevel(logging.ERROR)
-            return analysis.total() / 1e9
-    finally:
-        model.train(was_training)
+    return count_flops(model, input_size) / 1e9
 
 
 def describe_model(
