@@ -101,7 +101,7 @@ class AttnFD(DistillationMethod):
     """AttnFD: MSE between channel-normalised, CBAM-refined feature maps of teacher and student.
 
     Mansourian, Jalali, Ahmadi, Kasaei, "Attention-guided Feature Distillation for Semantic Segmentation",
-    arXiv:2403.05451 (2024; journal version in Computer Vision and Image Understanding). Implemented: CBAM refinement
+    arXiv:2403.05451, 2024 (v3 is formatted for Computer Vision and Image Understanding). Implemented: CBAM refinement
     Eqs. 1-4 (see :class:`CBAM`), the loss Eq. 5 summed over the distilled ``points``, and Eq. 6's weight:
     L = CE + α·Σ_points L_attn. α = 1 is the paper's Pascal VOC value (10 on Cityscapes; the code's default is 2).
 
@@ -137,7 +137,7 @@ class AttnFD(DistillationMethod):
     """
 
     paper = ("Mansourian, Jalali, Ahmadi, Kasaei, Attention-guided Feature Distillation for Semantic Segmentation, "
-             "arXiv:2403.05451 / CVIU 2024 (Eqs. 1-6)")
+             "arXiv:2403.05451, 2024 (Eqs. 1-6)")
 
     def __init__(self, student_points, teacher_points, num_classes, *, alpha: float = 1.0,
                  points: Sequence[str] = ("backbone.4:pre_relu", "encoder:pre_relu", "decoder:pre_relu"),

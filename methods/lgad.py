@@ -76,7 +76,8 @@ class LGAD(DistillationMethod):
     """LGAD: channel-wise spatial attention distilled within P×P local windows and G×G global dilated groups.
 
     "LGAD: Local and Global Attention Distillation for Efficient Semantic Segmentation" (Shaoxing University and
-    Central South University). No public code exists: this is a reimplementation from the paper's description as
+    Central South University; authors, venue and year are not in the summary available to us, written 2025-03;
+    experiments with PSPNet-R18/B0 students on Cityscapes, CamVid, VOC). No public code exists: this is a reimplementation from the paper's description as
     available to us (a detailed summary; the equations themselves were not available), so every formula below is
     our reading. L = L_seg + λ1·(L_lafd + L_gafd) + λ2·(L_laod + L_gaod), λ1 = 30, λ2 = 3, P = G = 2 (the best of
     the ablation over {1, 2, 4, 8}); each of the four terms has a switch so a suite can enumerate the loss ablation.
