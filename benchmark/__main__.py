@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Expand SUITE into its runs without training anything: each run's key and state (done, "
                     "failed, interrupted, pending), the teachers needed, and dataset problems.")
     _suite_arguments(plan)
+    plan.add_argument("--profile", action="store_true",
+                      help="measure the step time of each student/teacher/method at the suite's crop and batch on "
+                           "this machine's device (a few steps each) to estimate device-hours")
     plan.set_defaults(handler=cmd_plan)
 
     report = commands.add_parser(
@@ -106,7 +109,7 @@ def cmd_run(args) -> int:
 def cmd_plan(args) -> int:
     from benchmark.plan import print_plan
 
-    return print_plan(load_suite(args.suite, args.overrides), args.results)
+    return print_plan(load_suite(args.suite, args.overrides), args.results, profile=args.profile)
 
 
 def cmd_report(args) -> int:

@@ -35,3 +35,44 @@ def count_flops(model: nn.Module, input_size: tuple[int, int]) -> int:
             return int(analysis.total())
     finally:
         model.train(was_training)
+
+
+def profile_step(student: nn.Module, teacher: nn.Module | None, method: nn.Module, crop: tuple[int, int],
+                 batch_size: int, num_classes: int, device: torch.device, steps: int = 3, warmup: int = 1,
+                 runtime: dict | None = None) -> float:
+    """Seconds per training step of one (student, teacher, method) at a crop and batch, measured on ``device``
+    with random data: the student and teacher forwards, the method's terms, backward and an SGD step.
+    The first ``warmup`` steps (allocations, cudnn autotuning) are not counted."""
+    import time
+
+    from benchmark.engine.step import step_losses
+    from benchmark.engine.train import autocast_context
+    from benchmark.models.hooks import FeatureCapture
+    from methods.base import Batch
+
+    runtime = runtime or {}
+    student, method = student.to(device).train(), method.to(device)
+    params = list(student.parameters()) + list(method.student_optimizer_parameters())
+    optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9)
+    images = torch.randn(batch_size, 3, *crop, device=device)
+    labels = torch.randint(0, num_classes, (batch_size, *crop), device=device)
+    batch = Batch(images, labels, iteration=0, total_iterations=steps + warmup)
+    with FeatureCapture(student, method.student_points) as student_capture:
+        teacher_capture = FeatureCapture(teacher, method.teacher_points) if teacher is not None else None
+        elapsed = 0.0
+        for step in range(warmup + steps):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            with autocast_context(device, runtime):
+                terms, _, _ = step_losses(student, teacher, method, student_capture, teacher_capture, batch)
+            optimizer.zero_grad(set_to_none=True)
+            sum(terms.values()).backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= warmup:
+                elapsed += time.perf_counter() - started
+        if teacher_capture is not None:
+            teacher_capture.remove()
+    return elapsed / steps

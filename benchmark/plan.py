@@ -1,17 +1,116 @@
-"""``plan``: what a suite would do, without training: runs and their state, teachers, dataset problems."""
+"""``plan``: what a suite would do, without training: runs and their state, teachers, dataset problems, and
+an estimate of device-hours from measured step times.
+
+Step times come from two places, both measurements: finished runs of this suite (their
+``seconds_per_iteration``), and ``plan --profile``, a short profiling pass of each (student, teacher, method)
+at the suite's crop and batch on this machine's device, cached in ``results/<suite>/profile.json``. Run
+``--profile`` on the GPU you will train on; a CPU measurement estimates CPU hours.
+"""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from pathlib import Path
 
-from benchmark.runner import make_plan
-from benchmark.suite import SuiteFile
+import torch
+
+from benchmark.cost import profile_step
+from benchmark.engine.loader import iterations_per_epoch
+from benchmark.engine.prepare import run_prepare
+from benchmark.registry import DATASETS, MODELS
+from benchmark.runner import Part, make_plan
+from benchmark.store import atomic_write_json, read_json
+from benchmark.suite import RunSpec, SuiteFile
+from methods.base import Batch
+
+PROFILE = "profile.json"
 
 
-def print_plan(suite_file: SuiteFile, results_root: str = "results") -> int:
+def _pair_key(part: Part, run: RunSpec) -> str:
+    suite = part.suite
+    teacher = suite.teachers[run.teacher.label].model if run.teacher else "-"
+    return (f"{run.student}<-{teacher}|{run.method_label}|crop={list(suite.dataset.crop)}|"
+            f"batch={suite.schedule.batch_size}")
+
+
+def _iterations(part: Part) -> int | None:
+    schedule = part.suite.schedule
+    if schedule.iterations:
+        return schedule.iterations
+    counts = {"cityscapes": {"train": 2975}, "voc_aug": {"train_aug": 10582}, "camvid": {"train": 367,
+                                                                                         "train+val": 468}}
+    dataset = part.suite.dataset.resolved()
+    length = counts.get(dataset["name"], {}).get(dataset["train_split"])
+    if length is None:
+        try:
+            spec = DATASETS.get(dataset["name"])
+            root = Path(dataset["root"]).expanduser() if dataset["root"] else None
+            length = len(spec.build(dataset["train_split"], root, **dataset["options"]))
+        except Exception:
+            return None
+    return schedule.epochs * iterations_per_epoch(length, schedule.batch_size)
+
+
+def profile_suite(plan, device: torch.device, echo=print) -> dict:
+    from benchmark.engine.train import build_method
+
+    path = plan.store.root / PROFILE
+    cache = read_json(path) if path.is_file() else {}
+    for part in plan.parts:
+        suite = part.suite
+        num_classes = DATASETS.get(suite.dataset.name).num_classes
+        for run in part.runs:
+            key = _pair_key(part, run)
+            if f"{key}|{device.type}" in cache:
+                continue
+            student = MODELS.get(run.student)(num_classes, **{**run.config["student"]["options"], "pretrained": False}
+                                              if "pretrained" in run.config["student"]["options"]
+                                              else run.config["student"]["options"])
+            teacher = None
+            if run.teacher:
+                config = suite.teachers[run.teacher.label]
+                options = {**config.options, **({"pretrained": False} if "pretrained" in config.options else {})}
+                teacher = MODELS.get(config.model)(num_classes, **options).to(device).eval()
+                for p in teacher.parameters():
+                    p.requires_grad_(False)
+            method = build_method(run.config["method"]["components"], student, teacher).to(device)
+            if method.needs_prepare():
+                # One batch of random data: enough for margins, a one-step attention stage; the stage's own
+                # time is not part of the per-iteration estimate.
+                crop, size = tuple(suite.dataset.crop), suite.schedule.batch_size
+                run_prepare(method, teacher, lambda: Batch(torch.randn(size, 3, *crop, device=device),
+                                                           torch.randint(0, num_classes, (size, *crop), device=device)),
+                            num_classes, device, log=lambda message: None)
+            seconds = profile_step(student, teacher, method, tuple(suite.dataset.crop), suite.schedule.batch_size,
+                                   num_classes, device, runtime=suite.runtime.model_dump())
+            cache[f"{key}|{device.type}"] = {"seconds_per_iteration": seconds, "device": str(device),
+                                             "measured": time.strftime("%Y-%m-%d")}
+            echo(f"  profiled {key} on {device}: {seconds:.3f} s/iteration")
+    plan.store.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, cache)
+    return cache
+
+
+def print_plan(suite_file: SuiteFile, results_root: str = "results", profile: bool = False) -> int:
     plan = make_plan(suite_file, results_root)
     print(f"suite {suite_file.name} ({suite_file.path}): {len(plan.parts)} table(s), {len(plan.runs)} runs; "
           f"results in {plan.store.root}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    profile_path = plan.store.root / PROFILE
+    if profile:
+        cache = profile_suite(plan, device)
+    else:
+        cache = read_json(profile_path) if profile_path.is_file() else {}
+    measured_in_runs = {}
+    for part in plan.parts:
+        for run in part.runs:
+            folder = plan.run_folder(run)
+            if folder.done:
+                timing = folder.metrics().get("timing", {})
+                if "seconds_per_iteration" in timing:
+                    measured_in_runs[_pair_key(part, run)] = timing
+    total_hours, unknown = 0.0, 0
     for part in plan.parts:
         suite = part.suite
         states = Counter(plan.run_folder(run).status()["status"] for run in part.runs)
@@ -30,8 +129,30 @@ def print_plan(suite_file: SuiteFile, results_root: str = "results") -> int:
             else:
                 state = "must be trained"
             print(f"  teacher {label}: {suite.teachers[label].model} [{teacher.key}] {state}")
+        iterations = _iterations(part)
+        part_hours, part_unknown, sources = 0.0, 0, set()
         for run in part.runs:
             status = plan.run_folder(run).status()
             reason = f" ({status['reason']})" if status.get("reason") else ""
             print(f"  {run.key}  {status['status']:<11} {run.student} / {run.method_label} / seed {run.seed}{reason}")
+            if status["status"] == "done":
+                continue
+            key = _pair_key(part, run)
+            timing = measured_in_runs.get(key) or cache.get(f"{key}|cuda") or cache.get(f"{key}|{device.type}")
+            if timing is None or iterations is None:
+                part_unknown += 1
+                continue
+            sources.add("finished runs" if key in measured_in_runs else f"plan --profile on {timing['device']}")
+            part_hours += timing["seconds_per_iteration"] * iterations / 3600
+        if part_unknown:
+            print(f"  estimate: {part_unknown} run(s) without a measured step time: run "
+                  f"`python -m benchmark plan {suite_file.path} --profile` on the device you will train on")
+        if part_hours:
+            print(f"  estimate: {part_hours:.3g} device-hours for the unfinished runs with a measured step time "
+                  f"({iterations} iterations each; step times from {', '.join(sorted(sources))}; teachers not "
+                  f"included)")
+        total_hours += part_hours
+        unknown += part_unknown
+    print(f"\ntotal: {total_hours:.3g} device-hours estimated" + (f", {unknown} run(s) not estimated" if unknown
+                                                                 else ""))
     return 0
