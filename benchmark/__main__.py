@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "never trained again or overwritten.")
     _suite_arguments(run)
     run.add_argument("--reports", default="reports", help="reports root folder (default: reports)")
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(func=cmd_run)
 
     plan = commands.add_parser(
         "plan", help="print the expanded grid of a suite: runs, which are done, which teachers are needed",
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--profile", action="store_true",
                       help="measure the step time of each student/teacher/method at the suite's crop and batch on "
                            "this machine's device (a few steps each) to estimate device-hours")
-    plan.set_defaults(handler=cmd_plan)
+    plan.set_defaults(func=cmd_plan)
 
     report = commands.add_parser(
         "report", help="re-render tables, plots and the HTML report from stored results alone",
@@ -57,14 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "(a suite's folder under results/) without running any model code.")
     report.add_argument("results_dir", type=Path, help="a suite's results folder, e.g. results/smoke")
     report.add_argument("--reports", default="reports", help="reports root folder (default: reports)")
-    report.set_defaults(handler=cmd_report)
+    report.set_defaults(func=cmd_report)
 
     listing = commands.add_parser(
         "list", help="registered datasets, models and methods, with methods' hyperparameters and defaults",
         description="List what suites can name: datasets (classes, splits), models, and methods with their paper, "
                     "hyperparameters and defaults.")
     listing.add_argument("kind", nargs="?", choices=["datasets", "models", "methods"], help="only this registry")
-    listing.set_defaults(handler=cmd_list)
+    listing.set_defaults(func=cmd_list)
 
     models = commands.add_parser(
         "models", help="each model's parameters, GFLOPs at an input size (fvcore) and feature points",
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("names", nargs="*", help="model names (default: all)")
     models.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
     models.add_argument("--num-classes", type=int, default=19)
-    models.set_defaults(handler=cmd_models)
+    models.set_defaults(func=cmd_models)
 
     from benchmark.data.cli import add_data_parser
 
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "parameters and print case id, method, ours, reference, relative error, pass/fail. Exit 1 "
                     "if any case fails.")
     reference.add_argument("file", type=Path, help="e.g. ../shared/reference/loss_vectors.json")
-    reference.set_defaults(handler=cmd_check_reference)
+    reference.set_defaults(func=cmd_check_reference)
     return parser
 
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        return args.func(args)
     except SuiteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
