@@ -36,10 +36,10 @@ class ChannelWiseDistillation(DistillationMethod):
     - Point: the logits (the paper's segmentation setting, "channel distribution of the final output"),
       τ = 4 and loss weight 3, as the paper reports for segmentation and CIRKD's ``train_cwd.sh`` runs it
       (``--lambda-cwd-logit 3``). Feature points can be chosen through ``points``.
-    - The logits are the model's output at input resolution (the zoo's ``logits`` point); each channel's
+    - The default is the model's output at input resolution (the zoo's ``logits`` point); each channel's
       softmax runs over all H·W pixels of that map. CIRKD's code applies CWD to the head's logits before
-      upsampling (stride 8), where the spatial distributions have 64x fewer positions; the interface has no
-      pre-upsampling logits point, so runs meant to match CIRKD's numbers differ here.
+      upsampling (stride 8), where the spatial distributions have 64x fewer positions: suites reproducing
+      CIRKD-protocol numbers set ``points: [logits:pre_upsample]``.
     - When channel counts differ (feature points), the student goes through a learned 1x1 conv (with bias)
       to the teacher's count, as CIRKD's ``CriterionCWD`` does; when strides differ the student map is
       bilinearly resized to the teacher's size. Equal counts (logits) add no parameter.

@@ -43,10 +43,10 @@ class DIST(DistillationMethod):
     Open choices and reasons:
     - β = γ = 1, τ = 1: the authors' segmentation code (``hunto/DIST_KD``, its ``DIST`` has no temperature,
       which is τ = 1; mmrazor's τ multiplies both terms by τ², which we follow for τ ≠ 1).
-    - Point: the logits at input resolution; no ignore mask (the authors' code has none). The authors'
-      code (CIRKD-based) uses the head's stride-8 logits before upsampling and adds 0.4·DIST on the
-      auxiliary head of its DeepLabV3 models; the DeepLabV3+ pairs of AttnFD's Table 1 have no auxiliary
-      head, and the interface has no pre-upsampling logits point, so neither is reproduced here.
+    - Point: the logits at input resolution by default; no ignore mask (the authors' code has none). The
+      authors' code (CIRKD-based) uses the head's stride-8 logits before upsampling (``point:
+      logits:pre_upsample``) and adds 0.4·DIST on the auxiliary head of its DeepLabV3 models (not
+      reproduced: the DeepLabV3+ pairs of AttnFD's Table 1 have no auxiliary head).
     - No trainable parameter.
     """
 
@@ -54,16 +54,18 @@ class DIST(DistillationMethod):
     reference_names = ("dist",)
 
     def __init__(self, student_points, teacher_points, num_classes, *, beta: float = 1.0, gamma: float = 1.0,
-                 tau: float = 1.0):
+                 tau: float = 1.0, point: str = "logits"):
         super().__init__(student_points, teacher_points, num_classes)
         if tau <= 0:
             raise ValueError(f"dist: tau must be > 0, got {tau}")
-        self.beta, self.gamma, self.tau = beta, gamma, tau
-        self.student_points = ["logits"]
-        self.teacher_points = ["logits"]
+        if point not in ("logits", "logits:pre_upsample"):
+            raise ValueError(f"dist: point must be 'logits' or 'logits:pre_upsample', got {point!r}")
+        self.beta, self.gamma, self.tau, self.point = beta, gamma, tau, point
+        self.student_points = [point]
+        self.teacher_points = [point]
 
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
-        return {"dist": dist_loss(student["logits"], teacher["logits"], self.beta, self.gamma, self.tau)}
+        return {"dist": dist_loss(student[self.point], teacher[self.point], self.beta, self.gamma, self.tau)}
 
     @classmethod
     def reference_loss(cls, case_method: str, inputs: dict[str, torch.Tensor], params: dict[str, Any]) -> dict:

@@ -32,24 +32,27 @@ class KD(DistillationMethod):
     the τ² gradient scaling of section 2.1, applied independently at every pixel as in the segmentation
     distillation literature (e.g. CIRKD, Yang et al. CVPR 2022, Eq. 1). Open choices: the divisor is the
     pixel count B·H·W and every pixel counts, ignored ones included (CIRKD's code does the same); the
-    loss is on the logits at input resolution. ``loss_weight`` is the λ of L = CE + λ·L_kd (CIRKD uses 1
-    with τ = 1).
+    loss is on the logits at input resolution (``point="logits"``, as the pytorch-deeplab-xception family
+    does), or before upsampling (``point="logits:pre_upsample"``, as the CIRKD code base does).
+    ``loss_weight`` is the λ of L = CE + λ·L_kd (CIRKD uses 1 with τ = 1).
     """
 
     paper = "Hinton et al., Distilling the Knowledge in a Neural Network, 2015 (Eq. 2); pixel-wise as in CIRKD"
     reference_names = ("kd",)
 
     def __init__(self, student_points, teacher_points, num_classes, *, temperature: float = 1.0,
-                 loss_weight: float = 1.0):
+                 loss_weight: float = 1.0, point: str = "logits"):
         super().__init__(student_points, teacher_points, num_classes)
         if temperature <= 0:
             raise ValueError(f"kd: temperature must be > 0, got {temperature}")
-        self.temperature, self.loss_weight = temperature, loss_weight
-        self.student_points = ["logits"]
-        self.teacher_points = ["logits"]
+        if point not in ("logits", "logits:pre_upsample"):
+            raise ValueError(f"kd: point must be 'logits' or 'logits:pre_upsample', got {point!r}")
+        self.temperature, self.loss_weight, self.point = temperature, loss_weight, point
+        self.student_points = [point]
+        self.teacher_points = [point]
 
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
-        return {"kd": self.loss_weight * pixel_kd(student["logits"], teacher["logits"], self.temperature)}
+        return {"kd": self.loss_weight * pixel_kd(student[self.point], teacher[self.point], self.temperature)}
 
     @classmethod
     def reference_loss(cls, case_method: str, inputs: dict[str, torch.Tensor], params: dict[str, Any]) -> dict:

@@ -95,7 +95,7 @@ def test_valid_suite_expands_to_student_method_seed_grid(tmp_path):
     assert len({r.key for r in runs}) == 4
     assert [r.needs_teacher for r in runs] == [False, False, True, True]
     kd = [r for r in runs if r.method_label == "kd"][0]
-    assert kd.config["method"]["components"][0]["hparams"] == {"temperature": 4.0, "loss_weight": 1.0}
+    assert kd.config["method"]["components"][0]["hparams"] == {"temperature": 4.0, "loss_weight": 1.0, "point": "logits"}
 
 
 def test_run_key_ignores_paths_and_workers_but_not_hyperparameters(tmp_path):

@@ -11,6 +11,9 @@ Point names are the same across architectures:
 ``encoder``                      the ASPP / pyramid pooling output
 ``decoder``                      the feature just before the classifier
 ``logits``                       the model's output, upsampled to the input resolution (stride 1)
+``logits:pre_upsample``          the classifier's output at its own stride, before upsampling (the CIRKD code
+                                 base applies KD, CWD and DIST there; the pytorch-deeplab-xception family,
+                                 after upsampling)
 ``aux_logits``                   the auxiliary head's output at its own stride (models with an aux head)
 
 ``NAME:pre_relu`` is the same feature before its final ReLU (AttnFD and Overhaul distil these); it is
@@ -27,6 +30,7 @@ from torch import nn
 
 POINT_NAMES = ("backbone.1", "backbone.2", "backbone.3", "backbone.4", "encoder", "decoder", "logits")
 PRE_RELU = ":pre_relu"
+PRE_UPSAMPLE = ":pre_upsample"
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ class TinyDeepLab(SegmentationModel):
                 "decoder": FeaturePoint(head, 4, "fuse_relu"),
                 "decoder:pre_relu": FeaturePoint(head, 4, "fuse_relu", "input"),
                 "logits": FeaturePoint(num_classes, 1, ""),
+                "logits:pre_upsample": FeaturePoint(num_classes, 4, "classifier"),
             }
         )
         self.validate_points()

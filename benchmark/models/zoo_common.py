@@ -10,6 +10,8 @@ point                  module                                                   
 ``encoder``            ``context``: ASPP or pyramid pooling output                  OS
 ``decoder``            ``decoder``: the feature just before the 1x1 classifier      4 (DeepLabV3+), else OS
 ``logits``             the model itself, upsampled to the input                     1
+``logits:pre_upsample`` the classifier's output before upsampling (CIRKD-family code
+                       distils these)                                                as ``decoder``
 ``aux_logits``         ``aux_head`` (CIRKD family), on ``backbone.3``; training only  stride of ``backbone.3``
 =====================  ===========================================================  ==========================
 
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.models.base import PRE_RELU, FeaturePoint, SegmentationModel
+from benchmark.models.base import PRE_RELU, PRE_UPSAMPLE, FeaturePoint, SegmentationModel
 from benchmark.models.heads import DeepLabV3PlusDecoder
 from benchmark.models.pretrained import EncoderSpec, create_encoder
 
@@ -129,6 +131,7 @@ class ZooModel(SegmentationModel):
         points["decoder"] = FeaturePoint(self.decoder.out_channels, decoder_stride, "decoder")
         points[f"decoder{PRE_RELU}"] = FeaturePoint(self.decoder.out_channels, decoder_stride, relu_path, "input")
         points["logits"] = FeaturePoint(self.num_classes, 1, "")
+        points[f"logits{PRE_UPSAMPLE}"] = FeaturePoint(self.num_classes, decoder_stride, "classifier")
         if self.aux_head is not None:
             points["aux_logits"] = FeaturePoint(self.num_classes, points["backbone.3"].stride, "aux_head")
         return points
