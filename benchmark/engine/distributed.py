@@ -52,13 +52,18 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def average_gradients(parameters) -> None:
-    """For the method's own parameters, which are not inside the student's DDP wrapper."""
+    """Average the gradients of the student and the method's modules across processes, in one flat
+    all-reduce (no DDP wrapper: hooks, attributes like ``aux_weight`` and state-dict keys stay the model's own)."""
     if not initialized():
         return
-    for parameter in parameters:
-        if parameter.grad is not None:
-            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
-            parameter.grad /= world_size()
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size()
+    for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        grad.copy_(synced)
 
 
 def broadcast_object(value):

@@ -7,6 +7,7 @@ Host syncs happen only at logging, evaluation and checkpoint steps, never inside
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import resource
@@ -163,7 +164,11 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
              len(train_set), total, per_epoch, schedule.batch_size, world)
 
     seed_everything(job.seed)
-    student = MODELS.get(job.model_name)(spec.num_classes, **job.model_options).to(device)
+    student = MODELS.get(job.model_name)(spec.num_classes, **job.model_options)
+    if distributed.initialized():
+        # Batch statistics over the global batch, as the papers' multi-GPU runs compute them.
+        student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    student = student.to(device)
     teacher = job.teacher
     method = build_method(job.methods, student, teacher).to(device)
     channels_last = use_channels_last(device, job.runtime)
@@ -252,7 +257,7 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        distributed.average_gradients(method.student_optimizer_parameters())
+        distributed.average_gradients(itertools.chain(student.parameters(), method.student_optimizer_parameters()))
         if schedule.grad_clip_norm:
             nn.utils.clip_grad_norm_(list(student.parameters()) + list(method.student_optimizer_parameters()),
                                      schedule.grad_clip_norm)
