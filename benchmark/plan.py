@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from benchmark.cost import profile_step
+from benchmark.data.base import DatasetError
 from benchmark.engine.loader import iterations_per_epoch
 from benchmark.engine.prepare import run_prepare
 from benchmark.registry import DATASETS, MODELS
@@ -47,7 +48,7 @@ def _iterations(part: Part) -> int | None:
             spec = DATASETS.get(dataset["name"])
             root = Path(dataset["root"]).expanduser() if dataset["root"] else None
             length = len(spec.build(dataset["train_split"], root, **dataset["options"]))
-        except Exception:
+        except (DatasetError, OSError):
             return None
     return schedule.epochs * iterations_per_epoch(length, schedule.batch_size)
 
@@ -79,9 +80,9 @@ def profile_suite(plan, device: torch.device, echo=print) -> dict:
                 # One batch of random data: enough for margins, a one-step attention stage; the stage's own
                 # time is not part of the per-iteration estimate.
                 crop, size = tuple(suite.dataset.crop), suite.schedule.batch_size
-                run_prepare(method, teacher, lambda: Batch(torch.randn(size, 3, *crop, device=device),
-                                                           torch.randint(0, num_classes, (size, *crop), device=device)),
-                            num_classes, device, log=lambda message: None)
+                batch = Batch(torch.randn(size, 3, *crop, device=device),
+                              torch.randint(0, num_classes, (size, *crop), device=device))
+                run_prepare(method, teacher, lambda batch=batch: batch, num_classes, device, log=lambda message: None)
             seconds = profile_step(student, teacher, method, tuple(suite.dataset.crop), suite.schedule.batch_size,
                                    num_classes, device, runtime=suite.runtime.model_dump())
             cache[f"{key}|{device.type}"] = {"seconds_per_iteration": seconds, "device": str(device),

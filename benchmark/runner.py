@@ -107,7 +107,8 @@ def preflight(plan: Plan) -> None:
                     raise PreflightError(f"{plan.suite_file.path}: methods[{m_index}] needs a teacher for "
                                          f"students[{s_index}]")
                 try:
-                    built = build_method([{"name": c.name, "hparams": c.resolved_hparams()} for c in method.parts()],
+                    built = build_method([{"name": c.name, "key": c.component_key, "hparams": c.resolved_hparams()}
+                                          for c in method.parts()],
                                          student, teacher)
                 except (ValueError, KeyError, TypeError) as error:
                     raise PreflightError(f"{plan.suite_file.path}: methods[{m_index}] ({method.row_label}) on "
@@ -119,7 +120,7 @@ def preflight(plan: Plan) -> None:
 def _built_model(name: str, options: tuple, num_classes: int) -> SegmentationModel:
     try:
         return MODELS.get(name)(num_classes, **dict(options))
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - any build failure (e.g. offline weights) must stop the suite cleanly
         raise PreflightError(f"model {name} with options {dict(options)}: {error}") from None
 
 
@@ -133,9 +134,9 @@ def environment() -> dict[str, Any]:
     commit, dirty = None, None
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
+                                timeout=10, check=False).stdout.strip() or None
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
+                                    capture_output=True, text=True, timeout=10, check=False).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass
     return {"versions": versions, "git_commit": commit, "git_dirty": dirty, "platform": platform.platform(),

@@ -24,8 +24,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
-from pydantic import model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from benchmark.registry import DATASETS, METHODS, MODELS, UnknownNameError
 
@@ -213,6 +221,12 @@ class StudentConfig(ModelRef):
 class MethodComponent(Strict):
     name: str
     hparams: dict[str, Any] = Field(default_factory=dict)
+    #: Distinguishes two uses of one method in a row (CIRKD's CWD on a feature and on the logits).
+    key: str | None = None
+
+    @property
+    def component_key(self) -> str:
+        return self.key or self.name
 
     @model_validator(mode="after")
     def _known(self):
@@ -263,8 +277,8 @@ class MethodConfig(Strict):
             MethodComponent(name=self.name, hparams=self.hparams)
         elif not self.components:
             raise ValueError("`components` must list at least one method")
-        elif len({c.name for c in self.components}) != len(self.components):
-            raise ValueError("a method appears twice in `components`")
+        elif len({c.component_key for c in self.components}) != len(self.components):
+            raise ValueError("a method appears twice in `components`: give each use its own `key`")
         return self
 
     def parts(self) -> list[MethodComponent]:
@@ -438,8 +452,8 @@ def expand(suite: Suite) -> tuple[list[RunSpec], dict[str, TeacherSpec]]:
                     "student": {"name": student.model, "options": _jsonable(student.options)},
                     "teacher": teacher.key if teacher else None,
                     "method": {"label": method.row_label,
-                               "components": [{"name": c.name, "hparams": c.resolved_hparams()}
-                                              for c in method.parts()]},
+                               "components": [{"name": c.name, "key": c.component_key,
+                                               "hparams": c.resolved_hparams()} for c in method.parts()]},
                     "seed": seed,
                 }
                 runs.append(RunSpec(key=config_key(config), suite=suite.name, table=suite.title,

@@ -103,7 +103,7 @@ def test_run_key_ignores_paths_and_workers_but_not_hyperparameters(tmp_path):
     moved = load_suite(write(tmp_path, mutate(lambda d: d.update(runtime={"num_workers": 3})), "b.yaml")).parts[0]
     changed = load_suite(write(tmp_path, mutate(lambda d: d["methods"][1]["hparams"].update(temperature=2.0)),
                                "c.yaml")).parts[0]
-    keys = lambda s: {r.method_label: r.key for r in expand(s)[0]}  # noqa: E731
+    keys = lambda s: {r.method_label: r.key for r in expand(s)[0]}
     assert keys(base) == keys(moved)
     assert keys(base)["kd"] != keys(changed)["kd"] and keys(base)["none"] == keys(changed)["none"]
 

@@ -197,9 +197,11 @@ def prepare_voc_aug(voc: Path, sbd: Path, *, workers: int = 4, download: bool = 
     where it has the image, else from SBD's .mat. Files already converted are kept, so a second run only checks.
     Returns the list path.
     """
-    if download:
-        fetch_archive(VOC_URL, voc, what="Pascal VOC 2012 trainval")
-        fetch_archive(SBD_URL, sbd, what="SBD (benchmark.tgz)")
+    if download:  # each archive only where its folder is not there yet: VOC alone is 2 GB
+        if not (find_voc_root(Path(voc)) / "JPEGImages").is_dir():
+            fetch_archive(VOC_URL, Path(voc), what="Pascal VOC 2012 trainval")
+        if not (find_sbd_root(Path(sbd)) / "cls").is_dir():
+            fetch_archive(SBD_URL, Path(sbd), what="SBD (benchmark.tgz)")
     voc, sbd = find_voc_root(Path(voc)), find_sbd_root(Path(sbd))
     sets = voc / "ImageSets" / "Segmentation"
     needed = {

@@ -64,7 +64,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file: say which
+    except Exception as error:  # noqa: BLE001 - a truncated or foreign file: say which
         raise CheckpointError(f"checkpoint {path} cannot be read: {error}") from None
 
 

@@ -22,8 +22,7 @@ from tqdm import tqdm
 
 from benchmark.data.transforms import EvalTransform, TrainTransform
 from benchmark.engine import distributed
-from benchmark.engine.checkpoint import (load_checkpoint, load_state_strict, rng_state, save_checkpoint,
-                                         set_rng_state)
+from benchmark.engine.checkpoint import load_checkpoint, load_state_strict, rng_state, save_checkpoint, set_rng_state
 from benchmark.engine.loader import eval_loader, iterations_per_epoch, train_loader
 from benchmark.engine.prepare import run_prepare
 from benchmark.engine.step import step_losses
@@ -73,7 +72,7 @@ def build_method(components: list[dict[str, Any]], student: SegmentationModel,
     built = {}
     for component in components:
         cls = METHODS.get(component["name"])
-        built[component["name"]] = cls(student.feature_points, teacher_points, student.num_classes,
+        built[component.get("key", component["name"])] = cls(student.feature_points, teacher_points, student.num_classes,
                                        **component["hparams"])
     return CompositeMethod(built)
 

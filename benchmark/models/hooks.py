@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Self
 
 import torch
 from torch import nn
@@ -54,7 +55,7 @@ class FeatureCapture:
             handle.remove()
         self._handles.clear()
 
-    def __enter__(self) -> FeatureCapture:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
