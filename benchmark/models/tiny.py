@@ -16,16 +16,8 @@ from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
 from benchmark.models.base import FeaturePoint, SegmentationModel
+from benchmark.models.heads import conv_bn_relu
 from benchmark.registry import MODELS
-
-
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
-    padding = dilation * (kernel_size // 2)
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
 
 
 class TinyASPP(nn.Module):
