@@ -120,9 +120,13 @@ def test_dist_zero_at_identity_and_by_hand():
 
 def test_dist_method_defaults_and_points():
     cls = METHODS.get("dist")
-    assert cls.hyperparameters() == {"beta": 1.0, "gamma": 1.0, "tau": 1.0}
+    assert cls.hyperparameters() == {"beta": 1.0, "gamma": 1.0, "tau": 1.0, "point": "logits"}
     method = cls(points({"logits": 6}), points({"logits": 6}), 6)
     assert method.student_points == ["logits"] and trainable(method) == 0
+    head = cls(points({"logits:pre_upsample": 6}), points({"logits:pre_upsample": 6}), 6, point="logits:pre_upsample")
+    assert head.student_points == head.teacher_points == ["logits:pre_upsample"]
+    with pytest.raises(ValueError, match="point must be"):
+        cls(points({"decoder": 6}), points({"decoder": 6}), 6, point="decoder")
 
 
 # --- CWD --------------------------------------------------------------------------------------------------

@@ -156,3 +156,25 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert second["final"]["per_class_iou"] == first["final"]["per_class_iou"]
     assert second["best"] == first["best"]
     assert second["last_losses"] == pytest.approx(first["last_losses"], rel=0, abs=0)
+
+
+def test_every_registered_method_trains_in_the_smoke_suites(tmp_path, capsys):
+    """smoke.yaml (seed methods) and smoke_baselines.yaml (every baseline) cover the whole registry, and the
+    baselines suite runs end to end through the real harness with no failed run."""
+    from benchmark.registry import METHODS
+    from benchmark.suite import load_suite
+
+    covered = set()
+    for name in ("smoke.yaml", "smoke_baselines.yaml"):
+        for method in load_suite(ROOT / "suites" / name).parts[0].methods:
+            covered |= {c.name for c in method.parts()}
+    assert covered == set(METHODS.names())
+
+    assert run_cli(tmp_path, ROOT / "suites" / "smoke_baselines.yaml") == 0
+    assert "failed 0" in capsys.readouterr().out
+    _, finished, unfinished = load_records(tmp_path / "results" / "smoke_baselines")
+    assert not unfinished and len(finished) == 13
+    for record in finished:
+        assert 0 <= record["final"]["miou"] <= 1
+        if record["method"] != "none":
+            assert record["last_losses"].keys() - {"ce", "total"}, f"{record['method']} logged no loss term"
