@@ -313,12 +313,18 @@ class Runner:
                 log.removeHandler(handler)
             if distributed.is_main():
                 folder.release()
+            # Every process sees rank 0's metrics.json / model.pt before deciding what to do next.
+            distributed.barrier()
 
     def _count_flops(self, job: TrainJob, student: SegmentationModel, size: tuple[int, int]) -> int:
         key = (job.model_name, tuple(sorted(job.model_options.items())), tuple(size))
         if key not in self._flops:
             self._flops[key] = count_flops(student, size)
         return self._flops[key]
+
+
+def _silent(message: str) -> None:
+    """Only rank 0 speaks: N processes printing the same progress would be noise."""
 
 
 def _cost_input_size(suite: Suite) -> tuple[int, int]:
@@ -334,6 +340,8 @@ def run_suite(suite_file: SuiteFile, results_root: str | Path = "results", repor
     plan = make_plan(suite_file, results_root)
     preflight(plan)
     device = device or distributed.setup()
+    if not distributed.is_main():
+        echo = _silent
     if distributed.is_main():
         plan.store.root.mkdir(parents=True, exist_ok=True)
         plan.store.write_suite_record(suite_record(plan))

@@ -164,8 +164,8 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
 
     seed_everything(job.seed)
     student = MODELS.get(job.model_name)(spec.num_classes, **job.model_options)
-    if distributed.initialized():
-        # Batch statistics over the global batch, as the papers' multi-GPU runs compute them.
+    if distributed.initialized() and device.type == "cuda":
+        # Batch statistics over the global batch, as the papers' multi-GPU runs compute them (CUDA only).
         student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
     student = student.to(device)
     teacher = job.teacher
