@@ -295,11 +295,16 @@ class MethodConfig(Strict):
 
 
 class Claim(Strict):
-    """A number a paper reports for one cell, with where it comes from."""
+    """A number a paper reports for one cell, with where it comes from.
+
+    ``miou`` is the absolute number; ``miou_delta`` the gain in mIoU points over the same table's ``none`` row
+    for the same student, for papers that state only a gain. At least one of them is given.
+    """
 
     student: str
     method: str
-    miou: float
+    miou: float | None = None
+    miou_delta: float | None = None
     miou_pm: float | None = None
     pixel_accuracy: float | None = None
     source: str
@@ -314,6 +319,19 @@ class Claim(Strict):
         if value is not None and not 0 <= value <= 100:
             raise ValueError(f"claimed numbers are percentages in [0, 100], got {value}")
         return value
+
+    @field_validator("miou_delta")
+    @classmethod
+    def _gain(cls, value):
+        if value is not None and not -100 <= value <= 100:
+            raise ValueError(f"a claimed gain is in percentage points in [-100, 100], got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _some_number(self):
+        if self.miou is None and self.miou_delta is None:
+            raise ValueError("a claim gives `miou` (absolute), `miou_delta` (gain over the `none` row) or both")
+        return self
 
 
 class TableInfo(Strict):

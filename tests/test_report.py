@@ -76,10 +76,10 @@ def write_run(root: Path, record: dict) -> None:
     (folder / "metrics.json").write_text(json.dumps(record))
 
 
-def claim(student, method, miou, pm=None, checkpoint="unknown", protocol=None):
-    return {"student": student, "method": method, "miou": miou, "miou_pm": pm, "pixel_accuracy": None,
-            "source": f"Table 2, {method}", "checkpoint": checkpoint, "protocol": protocol, "eval_resolution": None,
-            "note": None}
+def claim(student, method, miou, pm=None, checkpoint="unknown", protocol=None, miou_delta=None):
+    return {"student": student, "method": method, "miou": miou, "miou_delta": miou_delta, "miou_pm": pm,
+            "pixel_accuracy": None, "source": f"Table 2, {method}", "checkpoint": checkpoint, "protocol": protocol,
+            "eval_resolution": None, "note": None}
 
 
 def part_record(name, title, students, methods, seeds, claims, run_keys, protocol):
@@ -120,7 +120,9 @@ def build_store(root: Path) -> Path:
               claim("resnet18", EVIL, 69.0),
               claim("resnet18", "SKD", 73.0),
               claim("mobilenet", "none", 65.5, checkpoint="last"),
-              claim("mobilenet", "kd", 66.6, checkpoint="last", protocol="multi-scale")]
+              claim("mobilenet", "kd", 66.6, checkpoint="last", protocol="multi-scale"),
+              # A paper that states only a gain over none for this cell.
+              claim("mobilenet", EVIL, None, checkpoint="last", miou_delta=0.8)]
     suite = {"name": "fake", "description": "A fake suite", "path": "suites/fake.yaml", "parts": [
         part_record("main", "Table 2: CamVid", ["resnet18", "mobilenet"], ["none", "kd", EVIL], [0, 1, 2], claims,
                     keys, "single-scale, test split"),
@@ -230,6 +232,38 @@ def test_claim_statuses_and_flags(store, rendered):
     for name in ("index.html", "tables.md", "tables.tex"):
         assert "not reproduced: method not implemented" in (rendered / name).read_text(), name
         assert "not run yet" in (rendered / name).read_text(), name
+
+
+def test_claimed_gain_only(store, rendered):
+    """A claim with only miou_delta: claimed mIoU '–', the claimed gain next to the paired gain and their Δ."""
+    diffs = [m - n for m, n in zip(pct(MAIN[("mobilenet", EVIL)]), pct(MAIN[("mobilenet", "none")]))]
+    assert diffs == pytest.approx([-1.0, -0.5, -1.5])
+    mean = sum(diffs) / 3
+    half = T_975_2DOF * math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2) / math.sqrt(3)
+    gain = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (n=3)"
+    assert gain == "-1.00 [-2.24, +0.24] (n=3)"
+    delta = f"{mean - 0.8:+.2f}"
+    assert delta == "-1.80"
+    frame = T.collect(store).parts[0].cells
+    cell = frame[(frame["student"] == "mobilenet") & (frame["method"] == EVIL)].iloc[0]
+    assert cell["claim_text"] == "–" and cell["claim_gain_text"] == "+0.80"
+    assert cell["reproduced_gain_text"] == gain and cell["gain_delta"] == pytest.approx(mean - 0.8)
+    assert cell["gain_compared_on"] == "last" and "more than 1 mIoU from the claimed gain" in cell["gain_flag"]
+    assert cell["flag"] == ""  # no absolute claim, nothing to compare
+    markdown = (rendered / "tables.md").read_text()
+    assert "mobilenet: claimed gain" in markdown and "mobilenet: Δ gain" in markdown
+    assert f"| +0.80 (last) | {gain} | {delta} ⚠ |" in markdown
+    assert "(gain over none): more than 1 mIoU from the claimed gain" in markdown
+    html = (rendered / "index.html").read_text()
+    assert "Claimed gain" in html and "Δ gain" in html
+    assert re.search(r">\+0\.80\s*<span class=\"tag\">last</span></td>\s*<td>" + re.escape(gain) +
+                     r"</td>\s*<td class=\"off\"[^>]*>" + re.escape(delta) + " ⚠</td>", html), "gain cells not in HTML"
+    latex = (rendered / "tables.tex").read_text()
+    assert " & ".join(tex(t) for t in ("+0.80", gain, delta + " ⚠")) in latex
+    assert "Claimed gain & Reproduced gain & $\\Delta$ gain" in latex
+    # Kendall's τ ranks only the claims with an absolute mIoU.
+    ranking = next(r for r in T.collect(store).parts[0].rankings if r["student"] == "mobilenet")
+    assert ranking["n"] == 2 and EVIL not in [row["method"] for row in ranking["rows"]]
 
 
 def test_no_external_resources(rendered):

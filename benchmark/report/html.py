@@ -12,7 +12,7 @@ from pathlib import Path
 import jinja2
 
 from benchmark.report.markdown import FLOPS_NOTE
-from benchmark.report.tables import TOLERANCE, Report, comparison_grid, fmt, fmt_millions
+from benchmark.report.tables import TOLERANCE, Report, comparison_grid, fmt, fmt_millions, has_gain_claims
 
 TEMPLATES = Path(__file__).parent / "templates"
 GENERATED_MARKER = "generated-at"
@@ -45,7 +45,8 @@ def part_context(view) -> dict:
     not_started = len(info.run_keys or []) - len(view.runs) - len(view.unfinished)
     if info.run_keys is not None and not_started > 0:
         states["not started"] = not_started
-    return {"info": info, "students": students, "grid": grid, "results": results, "rankings": view.rankings,
+    return {"info": info, "students": students, "grid": grid, "gains": has_gain_claims(view), "results": results,
+            "rankings": view.rankings,
             "plots": view.plots, "heatmaps": heatmaps, "teachers": teachers, "n_runs": len(view.runs),
             "expected_runs": len(info.run_keys or []),
             "states": ", ".join(f"{count} {name}" for name, count in sorted(states.items()))}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmark.report.tables import TOLERANCE, PartView, Report, comparison_grid
+from benchmark.report.tables import TOLERANCE, PartView, Report, comparison_grid, has_gain_claims
 
 _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
             "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
@@ -24,26 +24,37 @@ def comparison_tabular(view: PartView) -> list[str]:
     if not rows or not view.info.claims:
         return [f"% {tex(view.info.title)} ({tex(view.info.name)}): no paper numbers in the suite", ""]
     info = view.info
+    gains = has_gain_claims(view)
+    width = 6 if gains else 3
     lines = [f"% {tex(info.title)} ({tex(info.name)}): claimed vs reproduced",
              f"% paper protocol: {tex(info.protocol or 'not stated')}; reproduction: {tex(info.reproduction)}",
-             r"\begin{tabular}{l" + "rlr" * len(students) + "}", r"\toprule"]
-    lines.append("Method & " + " & ".join(rf"\multicolumn{{3}}{{c}}{{{tex(s)}}}" for s in students) + r" \\")
-    lines.append(" ".join(rf"\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(len(students))))
-    lines.append(" & " + " & ".join(["Claimed & Reproduced & $\\Delta$"] * len(students)) + r" \\")
+             r"\begin{tabular}{l" + ("rlrrlr" if gains else "rlr") * len(students) + "}", r"\toprule"]
+    lines.append("Method & " + " & ".join(rf"\multicolumn{{{width}}}{{c}}{{{tex(s)}}}" for s in students) + r" \\")
+    lines.append(" ".join(rf"\cmidrule(lr){{{2 + width * i}-{1 + width * (i + 1)}}}" for i in range(len(students))))
+    header = "Claimed & Reproduced & $\\Delta$" + (" & Claimed gain & Reproduced gain & $\\Delta$ gain" if gains else "")
+    lines.append(" & " + " & ".join([header] * len(students)) + r" \\")
     lines.append(r"\midrule")
     for row in rows:
         parts = [tex(row["method"])]
         for cell in row["cells"]:
             if cell is None:
-                parts += ["", "", ""]
+                parts += [""] * width
                 continue
             reproduced = cell["reproduced"] + (" [best]" if cell["compared_on"] == "best" and cell["has_runs"] else "")
             parts += [tex(cell["claimed"]), tex(reproduced), tex(cell["delta"] + (" ⚠" if cell["flag"] else ""))]
+            if gains:
+                gain = cell["reproduced_gain"] + (" [best]" if cell["gain_compared_on"] == "best" else "")
+                parts += [tex(cell["claimed_gain"]), tex(gain),
+                          tex(cell["gain_delta"] + (" ⚠" if cell["gain_flag"] else ""))]
         lines.append(" & ".join(parts) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     note = (f"Reproduced: mean ± std over seeds (n). Δ = reproduced − claimed on the checkpoint the claim states "
             f"([best] = best on the selection split, else last). ⚠: outside the paper's ± or more than "
             f"{TOLERANCE:g} mIoU away.")
+    if gains:
+        note += (" Claimed gain: the paper's gain over the no-distillation row of the same student; reproduced gain: "
+                 "paired gain over none (mean over seeds [95% CI]) on the same checkpoint; Δ gain = reproduced gain "
+                 "− claimed gain, marked by the same rule. Kendall's τ ranks only claims with an absolute mIoU.")
     taus = "; ".join(f"{r['student']}: Kendall {r['text']}" for r in view.rankings)
     lines += [r"\par\smallskip", r"{\footnotesize " + tex(note) + (" " + tex(taus) if taus else "") + "}",
               r"\par\medskip", ""]

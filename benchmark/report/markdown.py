@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmark.report.tables import TOLERANCE, PartView, Report, comparison_grid
+from benchmark.report.tables import TOLERANCE, PartView, Report, comparison_grid, has_gain_claims
 
 FLOPS_NOTE = "GFLOPs at the stated input size; fvcore counts one multiply-add as one FLOP."
 
@@ -28,20 +28,28 @@ def comparison_lines(view: PartView) -> list[str]:
         return ["The suite gives no paper numbers for this table.", ""]
     if not rows:
         return ["No claims and no runs.", ""]
+    gains = has_gain_claims(view)
     header = ["Method"]
     for student in students:
         header += [f"{student}: claimed", f"{student}: reproduced", f"{student}: Δ"]
+        if gains:
+            header += [f"{student}: claimed gain", f"{student}: reproduced gain", f"{student}: Δ gain"]
     body = []
     for row in rows:
         line = [row["method"]]
         for cell in row["cells"]:
             if cell is None:
-                line += ["", "", ""]
+                line += ["", "", ""] + (["", "", ""] if gains else [])
                 continue
             claimed = cell["claimed"] + (f" ({cell['checkpoint']})" if cell["claimed"] != "–" else "")
             reproduced = cell["reproduced"] + (" [best]" if cell["compared_on"] == "best" and cell["has_runs"] else "")
             delta = cell["delta"] + (" ⚠" if cell["flag"] else "")
             line += [claimed, reproduced, delta]
+            if gains:
+                claimed_gain = cell["claimed_gain"] + (f" ({cell['checkpoint']})"
+                                                       if cell["claimed_gain"] not in ("", "–") else "")
+                gain = cell["reproduced_gain"] + (" [best]" if cell["gain_compared_on"] == "best" else "")
+                line += [claimed_gain, gain, cell["gain_delta"] + (" ⚠" if cell["gain_flag"] else "")]
         body.append(line)
     lines = table(header, body)
     notes = []
@@ -49,11 +57,18 @@ def comparison_lines(view: PartView) -> list[str]:
         for student, cell in zip(students, row["cells"]):
             if cell and cell["flag"]:
                 notes.append(f"⚠ {row['method']} / {student}: {cell['flag']}.")
+            if cell and cell["gain_flag"]:
+                notes.append(f"⚠ {row['method']} / {student} (gain over none): {cell['gain_flag']}.")
             if cell and cell["protocol_differs"]:
                 notes.append(f"{row['method']} / {student}: claim protocol differs: {cell['protocol']}.")
     lines += [f"- {esc(n)}" for n in notes] + ([""] if notes else [])
     lines += [esc(f"Δ = reproduced − claimed, on the checkpoint the claim states ([best] = best on the selection "
                   f"split, else last); ⚠ = outside the paper's ± or more than {TOLERANCE:g} mIoU away."), ""]
+    if gains:
+        lines += [esc("Claimed gain: the paper's gain over the no-distillation row of the same student; reproduced "
+                      "gain: paired gain over none (mean over seeds [95% CI]) on the checkpoint the claim states; "
+                      "Δ gain = reproduced gain − claimed gain, marked by the same rule. Kendall's τ ranks only "
+                      "claims with an absolute mIoU."), ""]
     for ranking in view.rankings:
         lines.append(esc(f"Ranking on {ranking['student']}: Kendall {ranking['text']}"))
         lines.append("")

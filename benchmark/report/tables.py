@@ -9,6 +9,8 @@ Conventions (stated in the report too):
 - paired gain: mean over common seeds of (method_seed − none_seed), with a 95% t-interval (n−1 dof).
 - a claim is compared with the checkpoint it states: "best" -> best-on-selection-split, else the last one.
 - a reproduction is marked when it is outside the paper's ± or more than 1 mIoU from the claim.
+- a claimed gain (``miou_delta``, points over ``none``) is compared with the reproduced paired gain on the
+  checkpoint the claim states, with the same mark rule; Kendall's τ ranks only claims with an absolute mIoU.
 """
 
 from __future__ import annotations
@@ -118,12 +120,30 @@ def fmt_count(value) -> str:
 
 
 def fmt_claim(claim: dict[str, Any] | None) -> str:
-    if not claim:
+    """The claimed absolute mIoU ('72.50 ± 0.30'); '–' without a claim or when it states only a gain."""
+    if not claim or not finite(claim.get("miou")):
         return "–"
     text = f"{claim['miou']:.2f}"
     if finite(claim.get("miou_pm")):
         text += f" ± {claim['miou_pm']:.2f}"
     return text
+
+
+def fmt_claim_gain(claim: dict[str, Any] | None) -> str:
+    """The claimed gain over the no-distillation row ('+5.79'); '–' when the claim states none."""
+    if not claim or not finite(claim.get("miou_delta")):
+        return "–"
+    text = f"{claim['miou_delta']:+.2f}"
+    if finite(claim.get("miou_pm")):
+        text += f" ± {claim['miou_pm']:.2f}"
+    return text
+
+
+def fmt_gain(mean, low, high, n, digits: int = 2) -> str:
+    """A reproduced paired gain: as :func:`fmt_ci`, but one pair still shows its value ('+1.23 (n=1, no CI)')."""
+    if n == 1 and finite(mean):
+        return f"{mean:+.{digits}f} (n=1, no CI)"
+    return fmt_ci(mean, low, high, n, digits)
 
 
 # --- records -> tidy frame ------------------------------------------------------------------------------
@@ -452,7 +472,7 @@ def cells(runs: pd.DataFrame, part: PartInfo, unfinished: list[dict[str, Any]]) 
                            gain_best_low=math.nan, gain_best_high=math.nan, gain_best_n=0)
             # The claim, compared with the checkpoint it states.
             row["claim"] = claim
-            row["claim_miou"] = claim["miou"] if claim else math.nan
+            row["claim_miou"] = claim["miou"] if claim and finite(claim.get("miou")) else math.nan
             row["claim_pm"] = claim.get("miou_pm") if claim and finite(claim.get("miou_pm")) else math.nan
             row["claim_checkpoint"] = claim.get("checkpoint", "unknown") if claim else None
             row["claim_protocol"] = (claim.get("protocol") if claim else None) or part.protocol
@@ -463,14 +483,20 @@ def cells(runs: pd.DataFrame, part: PartInfo, unfinished: list[dict[str, Any]]) 
             row["compared_on"] = ("best" if compare_best else "last") if claim else None
             reproduced = best[0] if compare_best else final[0]
             row["reproduced"] = reproduced
-            row["claim_delta"] = reproduced - claim["miou"] if claim and finite(reproduced) else math.nan
-            flags = []
-            if finite(row["claim_delta"]):
-                if finite(row["claim_pm"]) and abs(row["claim_delta"]) > row["claim_pm"]:
-                    flags.append(f"outside the paper's ±{row['claim_pm']:.2f}")
-                if abs(row["claim_delta"]) > TOLERANCE:
-                    flags.append(f"more than {TOLERANCE:g} mIoU from the claim")
-            row["flag"] = "; ".join(flags)
+            row["claim_delta"] = (reproduced - row["claim_miou"] if finite(row["claim_miou"]) and finite(reproduced)
+                                  else math.nan)
+            row["flag"] = _mark(row["claim_delta"], row["claim_pm"], "the claim")
+            # A claimed gain over none, compared with the paired gain on the checkpoint the claim states.
+            row["claim_gain"] = claim["miou_delta"] if claim and finite(claim.get("miou_delta")) else math.nan
+            gain_best = bool(finite(row["claim_gain"]) and claim.get("checkpoint") == "best"
+                             and finite(row["gain_best"]))
+            row["gain_compared_on"] = ("best" if gain_best else "last") if finite(row["claim_gain"]) else None
+            prefix = "gain_best" if gain_best else "gain"
+            for suffix in ("", "_low", "_high", "_n"):
+                row["reproduced_gain" + suffix] = row[prefix + suffix]
+            row["gain_delta"] = (row["reproduced_gain"] - row["claim_gain"]
+                                 if finite(row["claim_gain"]) and finite(row["reproduced_gain"]) else math.nan)
+            row["gain_flag"] = _mark(row["gain_delta"], row["claim_pm"], "the claimed gain")
             # Status: what a reader should conclude about this cell.
             pending = waiting.get((student, method), {})
             if not implemented:
@@ -492,6 +518,17 @@ def cells(runs: pd.DataFrame, part: PartInfo, unfinished: list[dict[str, Any]]) 
     return frame
 
 
+def _mark(delta: float, pm: float, what: str) -> str:
+    """Why a reproduction is marked ⚠ ('' when it is not): outside the paper's ± or more than TOLERANCE away."""
+    flags = []
+    if finite(delta):
+        if finite(pm) and abs(delta) > pm:
+            flags.append(f"outside the paper's ±{pm:.2f}")
+        if abs(delta) > TOLERANCE:
+            flags.append(f"more than {TOLERANCE:g} mIoU from {what}")
+    return "; ".join(flags)
+
+
 def add_text(frame: pd.DataFrame) -> pd.DataFrame:
     """Formatted columns every renderer uses verbatim."""
     frame = frame.copy()
@@ -508,6 +545,12 @@ def add_text(frame: pd.DataFrame) -> pd.DataFrame:
     frame["device_hours_text"] = [fmt(h, 3) for h in frame.device_hours]
     frame["claim_text"] = [fmt_claim(c) for c in frame.claim]
     frame["claim_delta_text"] = [fmt_signed(d) for d in frame.claim_delta]
+    frame["claim_gain_text"] = [fmt_claim_gain(c) for c in frame.claim]
+    frame["reproduced_gain_text"] = [
+        fmt_gain(*v) if finite(g) else "–" for g, *v in zip(frame.claim_gain, frame.reproduced_gain,
+                                                            frame.reproduced_gain_low, frame.reproduced_gain_high,
+                                                            frame.reproduced_gain_n)]
+    frame["gain_delta_text"] = [fmt_signed(d) for d in frame.gain_delta]
     frame["reproduced_text"] = [
         (r.best_text if r.compared_on == "best" else r.final_text) if r.n else "–" for r in frame.itertuples()]
     return frame
@@ -684,8 +727,9 @@ def collect(results_dir: Path) -> Report:
 def comparison_grid(view: PartView) -> tuple[list[str], list[dict[str, Any]]]:
     """The paper's layout: rows = methods (suite order, then claimed-only ones), columns = students.
 
-    Each cell: claimed, reproduced (on the checkpoint the claim states), Δ, mark, status; None where the
-    part has neither a claim nor a row for that student.
+    Each cell: claimed, reproduced (on the checkpoint the claim states), Δ, mark, status, and for a claimed
+    gain over none (see :func:`has_gain_claims`) the claimed gain, the reproduced paired gain, their Δ and
+    mark; None where the part has neither a claim nor a row for that student.
     """
     frame = view.cells
     if frame.empty:
@@ -715,9 +759,19 @@ def comparison_grid(view: PartView) -> tuple[list[str], list[dict[str, Any]]]:
                 "compared_on": r["compared_on"],
                 "delta": r["claim_delta_text"] if r["claim"] else "",
                 "flag": r["flag"],
+                "claimed_gain": r["claim_gain_text"] if r["claim"] else "",
+                "reproduced_gain": r["reproduced_gain_text"] if r["claim"] else "",
+                "gain_compared_on": r["gain_compared_on"],
+                "gain_delta": r["gain_delta_text"] if r["claim"] else "",
+                "gain_flag": r["gain_flag"],
                 "status": r["status"],
                 "has_runs": bool(has_runs),
             })
         implemented = bool(frame[frame["method"] == method]["implemented"].iloc[0])
         rows.append({"method": method, "implemented": implemented, "cells": cells_})
     return students, rows
+
+
+def has_gain_claims(view: PartView) -> bool:
+    """Whether a claim of this part states a gain over none: the comparison then shows the gain columns."""
+    return any(finite(c.get("miou_delta")) for c in view.info.claims)
