@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod
+from methods.base import Batch, DistillationMethod, resize_to
 
 AFD_SOFTMAX = ("spatial", "channel")
 
@@ -146,7 +146,7 @@ class ACFD(DistillationMethod):
     def adaptive_feature_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         aligned = self.afd_connector(student)
         if aligned.shape[-2:] != teacher.shape[-2:]:
-            aligned = F.interpolate(aligned, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
+            aligned = resize_to(aligned, teacher)
         if self.afd_self_attention:
             aligned, teacher = channel_self_attention(aligned), channel_self_attention(teacher)
         return softmax_kl(aligned.flatten(2), teacher.flatten(2), self.temperature, self.afd_softmax_dim)

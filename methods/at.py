@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod
+from methods.base import Batch, DistillationMethod, check_points, resize_to
 
 
 def attention_map(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -26,7 +26,7 @@ def at_loss(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, varian
     """
     a_s = student.abs().pow(p).mean(dim=1, keepdim=True)
     if a_s.shape[-2:] != teacher.shape[-2:]:
-        a_s = F.interpolate(a_s, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
+        a_s = resize_to(a_s, teacher)
     q_s = F.normalize(a_s.flatten(1), dim=1)
     q_t = attention_map(teacher, p)
     if variant == "code":
@@ -69,9 +69,7 @@ class AttentionTransfer(DistillationMethod):
         if variant not in ("paper", "code"):
             raise ValueError(f"at: variant must be 'paper' or 'code', got {variant!r}")
         self.beta, self.p, self.variant, self.points = beta, p, variant, tuple(points)
-        unknown = [name for name in self.points if name not in student_points or name not in teacher_points]
-        if unknown:
-            raise KeyError(f"{type(self).__name__}: points {unknown} missing from the student or the teacher")
+        check_points(type(self).__name__, self.points, student_points, teacher_points)
         self.student_points = list(self.points)
         self.teacher_points = list(self.points)
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod, PrepareContext
+from methods.base import Batch, DistillationMethod, PrepareContext, resize_to
 
 NORMALIZATIONS = ("channel", "tensor")
 CONNECTORS = ("conv", "conv_bn")
@@ -253,7 +253,7 @@ class AttnFD(DistillationMethod):
 
     def distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if student.shape[-2:] != teacher.shape[-2:]:
-            student = F.interpolate(student, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
+            student = resize_to(student, teacher)
         if self.normalization == "channel":
             return channel_normalized_mse(student, teacher)
         return tensor_normalized_sse(student, teacher)

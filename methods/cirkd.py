@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod
+from methods.base import Batch, DistillationMethod, resize_to
 from methods.ifvd import labels_to_feature_size
 from methods.kd import pixel_kd
 
@@ -205,7 +205,7 @@ class CIRKD(DistillationMethod):
             return terms
         s, t = student["decoder"], teacher["decoder"]
         if s.shape[-2:] != t.shape[-2:]:
-            s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
+            s = resize_to(s, t)
         if self.lambda_minibatch_pixel != 0:
             s_mb, t_mb = s, t
             if self.minibatch_pool > 1:

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod
-from methods.overhaul import resize_to
+from methods.base import Batch, DistillationMethod, resize_to
 
 
 def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

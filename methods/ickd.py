@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod
-from methods.overhaul import feature_connector
+from methods.base import Batch, DistillationMethod, feature_connector
 
 
 def grid_cells(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod
+from methods.base import Batch, DistillationMethod, resize_to
 
 
 def labels_to_feature_size(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -75,7 +75,7 @@ class IFVD(DistillationMethod):
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
         s, t = student["decoder"], teacher["decoder"]
         if s.shape[-2:] != t.shape[-2:]:
-            s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
+            s = resize_to(s, t)
         return {"ifv": self.lambda_ifv * ifv_loss(s, t, batch.labels, self.num_classes)}
 
     @classmethod

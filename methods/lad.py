@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod
-from methods.overhaul import feature_connector, resize_to
+from methods.base import Batch, DistillationMethod, feature_connector, resize_to
 
 
 def lad_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

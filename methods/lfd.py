@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod
+from methods.base import Batch, DistillationMethod, resize_to
 
 EPS = 1e-12
 
@@ -47,7 +47,7 @@ def class_weights(discrepancy: torch.Tensor, labels: torch.Tensor, num_classes: 
 def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None,
                 ignore_index: int) -> torch.Tensor:
     """Cross-entropy at label resolution, each pixel weighted by its class's weight, averaged over labelled pixels."""
-    logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    logits = resize_to(logits, labels)
     per_pixel = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
     valid = labels != ignore_index
     if weights is not None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod
+from methods.base import Batch, DistillationMethod, resize_to
 
 
 def local_block_ids(height: int, width: int, blocks: int, device=None) -> torch.Tensor:
@@ -140,7 +139,7 @@ class LGAD(DistillationMethod):
         if self.connector is not None:
             feature, target = self.connector(student[self.feature_point]), teacher[self.feature_point]
             if feature.shape[-2:] != target.shape[-2:]:
-                feature = F.interpolate(feature, size=target.shape[-2:], mode="bilinear", align_corners=False)
+                feature = resize_to(feature, target)
             parts = local_global_terms(feature, target, self.P, self.G, self.temperature, self.lafd, self.gafd)
             for key, name in (("local", "lafd"), ("global", "gafd")):
                 if key in parts:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod
+from methods.base import Batch, DistillationMethod, resize_to
 
 
 def random_spatial_mask(batch: int, height: int, width: int, lambda_mask: float, like: torch.Tensor) -> torch.Tensor:
@@ -62,7 +61,7 @@ class MGD(DistillationMethod):
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
         s, t = student["backbone.4"], teacher["backbone.4"]
         if s.shape[-2:] != t.shape[-2:]:
-            s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
+            s = resize_to(s, t)
         s = self.align(s)
         mask = random_spatial_mask(s.shape[0], s.shape[2], s.shape[3], self.lambda_mgd, s)
         return {"mgd": self.alpha_mgd * mgd_loss(self.generation(s * mask), t)}

@@ -6,30 +6,11 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from benchmark.models.base import FeaturePoint
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod, PrepareContext
-
-
-def feature_connector(student_channels: int, teacher_channels: int) -> nn.Sequential:
-    """Overhaul's connector (also the one of the ICKD / AICSD / AttnFD code bases): 1x1 conv (no bias) + BN,
-    student channels -> teacher channels; conv init N(0, 2 / (k*k*out)), BN weight 1, bias 0."""
-    conv = nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False)
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # std sqrt(2 / (k*k*out))
-    bn = nn.BatchNorm2d(teacher_channels)
-    nn.init.ones_(bn.weight)
-    nn.init.zeros_(bn.bias)
-    return nn.Sequential(conv, bn)
-
-
-def resize_to(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Bilinear resize of ``x`` to ``reference``'s spatial size (identity when they already match)."""
-    if x.shape[-2:] == reference.shape[-2:]:
-        return x
-    return F.interpolate(x, size=reference.shape[-2:], mode="bilinear", align_corners=False)
+from methods.base import Batch, DistillationMethod, PrepareContext, feature_connector, resize_to
 
 
 def margin_from_bn(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

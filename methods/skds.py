@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod
+from methods.base import Batch, DistillationMethod, resize_to
 from methods.kd import pixel_kd
 
 PAIRWISE_VARIANTS = ("skd_official_pool_scale", "cirkd_fixed_kernel")
@@ -322,7 +322,7 @@ class SKDS(DistillationMethod):
         if self.lambda_pa != 0:
             s, t = student["decoder"], teacher["decoder"]
             if s.shape[-2:] != t.shape[-2:]:
-                s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
+                s = resize_to(s, t)
             terms["pairwise"] = self.lambda_pa * pairwise_similarity_loss(
                 s, t, self.variant, self.pool_kernel, self.pool_scale)
         if self.holistic is not None:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod
+from methods.base import Batch, DistillationMethod, check_points
 
 
 def sp_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -47,9 +47,7 @@ class SimilarityPreserving(DistillationMethod):
                  points: tuple[str, ...] = ("backbone.4",)):
         super().__init__(student_points, teacher_points, num_classes)
         self.gamma, self.points = gamma, tuple(points)
-        unknown = [name for name in self.points if name not in student_points or name not in teacher_points]
-        if unknown:
-            raise KeyError(f"{type(self).__name__}: points {unknown} missing from the student or the teacher")
+        check_points(type(self).__name__, self.points, student_points, teacher_points)
         self.student_points = list(self.points)
         self.teacher_points = list(self.points)
 
