@@ -73,7 +73,12 @@ class RunFolder:
         if self.done:
             return {"status": "done"}
         if self.status_path.is_file():
-            return read_json(self.status_path)
+            status = read_json(self.status_path)
+            owner = _read_pid(self.path / LOCK)
+            if status.get("status") == "running" and (owner is None or not _alive(owner)):
+                # Killed mid-run: its process is gone, so it is waiting to be resumed, not running.
+                return {"status": "interrupted"}
+            return status
         if self.checkpoint_path.is_file():
             return {"status": "interrupted"}
         return {"status": "pending"}

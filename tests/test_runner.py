@@ -129,7 +129,7 @@ def _subprocess_run(suite: Path, results: Path, reports: Path) -> subprocess.Pop
                             stderr=subprocess.STDOUT, text=True)
 
 
-def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
+def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path, capsys):
     data = {**MINI, "methods": [{"name": "kd"}],
             "schedule": {**MINI["schedule"], "iterations": 60, "checkpoint_every": 5, "eval_every": 20}}
     suite = write_suite(tmp_path, data)
@@ -145,6 +145,9 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=60)
     assert not list(runs.glob("*/metrics.json")), "the run finished before it could be killed"
+    capsys.readouterr()
+    assert main(["plan", str(suite), "--results", str(tmp_path / "r2")]) == 0
+    assert "interrupted" in capsys.readouterr().out, "a killed run is shown as interrupted, not running"
     resumed = _subprocess_run(suite, tmp_path / "r2", tmp_path / "p2")
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
