@@ -182,7 +182,6 @@ class RuntimeConfig(Strict):
     num_workers: StrictInt = 0
     amp: Literal["auto", "bf16", "off"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
-    compile: StrictBool = False
 
 
 def _check_model_options(name: str, options: dict[str, Any]) -> None:
