@@ -125,8 +125,8 @@ class AttnFD(DistillationMethod):
     unit vectors, squared distance averaged over positions) vs "tensor" (the code: the whole tensor divided by its
     norm, squared differences summed and divided by B); ``connector`` "conv" (a 1×1 conv only where channels differ)
     vs "conv_bn" (the code: 1×1 conv + BN at every point); ``connector_warmup_epochs`` 0 vs 1 (the code trains only
-    the connectors in epoch 0: here the distillation gradient then stops at the connectors' input; the harness still
-    trains the student with cross-entropy meanwhile, which the code does not); ``teacher_mode`` "eval" vs "train"
+    the connectors in epoch 0: the distillation gradient stops at the connectors' input and ``student_frozen`` tells
+    the harness to leave the student and its cross-entropy out of those steps); ``teacher_mode`` "eval" vs "train"
     (the code runs the teacher with batch-statistics BatchNorm).
 
     Choices the paper leaves open: the student's CBAM works on the student's channels and the connector follows it
@@ -258,8 +258,11 @@ class AttnFD(DistillationMethod):
             return channel_normalized_mse(student, teacher)
         return tensor_normalized_sse(student, teacher)
 
+    def student_frozen(self, batch: Batch) -> bool:
+        return batch.epoch < self.connector_warmup_epochs
+
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
-        warmup = batch.epoch < self.connector_warmup_epochs
+        warmup = self.student_frozen(batch)
         total = 0.0
         for index, name in enumerate(self.points):
             with torch.no_grad():

@@ -144,6 +144,11 @@ class DistillationMethod(nn.Module):
         """Parameters trained by the student's optimizer: by default every trainable parameter."""
         return (p for p in self.parameters() if p.requires_grad)
 
+    def student_frozen(self, batch: Batch) -> bool:
+        """True for steps where only the method's own modules train (e.g. the AttnFD code's first epoch, which
+        trains the connectors alone): the harness then leaves the task loss out and the student unchanged."""
+        return False
+
     @classmethod
     def reference_loss(cls, case_method: str, inputs: dict[str, torch.Tensor], params: dict[str, Any]) -> dict:
         """The parameter-free part of the loss on a ``loss_vectors.json`` case's inputs.
@@ -209,3 +214,6 @@ class CompositeMethod(nn.Module):
     def student_optimizer_parameters(self) -> Iterable[nn.Parameter]:
         for method in self.components.values():
             yield from method.student_optimizer_parameters()
+
+    def student_frozen(self, batch: Batch) -> bool:
+        return any(method.student_frozen(batch) for method in self.components.values())

@@ -181,3 +181,28 @@ def test_every_registered_method_trains_in_the_smoke_suites(tmp_path, capsys):
         assert 0 <= record["final"]["miou"] <= 1
         if record["method"] != "none":
             assert record["last_losses"].keys() - {"ce", "total"}, f"{record['method']} logged no loss term"
+
+
+def test_student_frozen_steps_train_only_the_method(tmp_path):
+    """AttnFD's code trains only the connectors in epoch 0: the student must come out of those steps unchanged
+    (conv weights equal to its seeded initialisation) while the method's connectors move."""
+    from benchmark.engine.train import build_method, seed_everything
+    from benchmark.registry import MODELS
+
+    data = {**MINI, "methods": [{"name": "attnfd", "hparams": {"connector_warmup_epochs": 1,
+                                                               "teacher_attention": "untrained"}}],
+            "schedule": {**MINI["schedule"], "iterations": 2, "eval_every": 0, "checkpoint_every": 2}}
+    assert run_cli(tmp_path, write_suite(tmp_path, data)) == 0
+    run_dir = next((tmp_path / "results" / "mini" / "runs").iterdir())
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+
+    seed_everything(0)
+    student = MODELS.get("tiny_student")(7)
+    teacher = MODELS.get("tiny_teacher")(7)
+    method = build_method([{"name": "attnfd", "hparams": {"connector_warmup_epochs": 1,
+                                                          "teacher_attention": "untrained"}}], student, teacher)
+    for key, value in student.state_dict().items():
+        if key.endswith("weight") and value.dim() == 4:
+            assert torch.equal(state["model"][key], value), f"student {key} changed during a frozen step"
+    moved = [k for k, v in method.state_dict().items() if v.is_floating_point() and not torch.equal(state["method"][k], v)]
+    assert any("connector" in k for k in moved), moved

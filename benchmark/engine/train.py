@@ -33,6 +33,8 @@ from benchmark.registry import DATASETS, METHODS, MODELS
 from benchmark.suite import ScheduleConfig
 from methods.base import Batch, CompositeMethod
 
+TASK_TERMS = ("ce", "aux_ce")
+
 
 class NonFiniteLossError(RuntimeError):
     pass
@@ -253,9 +255,13 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
         with autocast_context(device, job.runtime):
             terms, student_feats, teacher_feats = step_losses(student, teacher, method, student_capture,
                                                               teacher_capture, batch)
-        loss = sum(terms.values())
+        frozen = method.student_frozen(batch)
+        loss = sum(v for k, v in terms.items() if not (frozen and k in TASK_TERMS))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if frozen:  # only the method's modules step; SGD and AdamW skip parameters without a gradient
+            for parameter in student.parameters():
+                parameter.grad = None
         distributed.average_gradients(itertools.chain(student.parameters(), method.student_optimizer_parameters()))
         if schedule.grad_clip_norm:
             nn.utils.clip_grad_norm_(list(student.parameters()) + list(method.student_optimizer_parameters()),

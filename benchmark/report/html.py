@@ -6,7 +6,7 @@ text; nothing in the page loads from the network.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jinja2
@@ -68,7 +68,7 @@ def run_rows(report: Report) -> list[dict]:
 
 
 def render_html(report: Report, generated_at: datetime | None = None) -> str:
-    generated_at = generated_at or datetime.now(timezone.utc)
+    generated_at = generated_at or datetime.now(UTC)
     failed = sum(1 for r in report.unfinished if r["status"] == "failed")
     context = {
         "report": report,
