@@ -144,6 +144,11 @@ class DistillationMethod(nn.Module):
         """Parameters trained by the student's optimizer: by default every trainable parameter."""
         return (p for p in self.parameters() if p.requires_grad)
 
+    def scale_task_loss(self, task_loss: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The harness's cross-entropy (plus auxiliary CE) as it enters the total: identity by default. A method
+        whose authors reweight the task loss (LFD's script divides it by its own detached value) says so here."""
+        return task_loss
+
     def student_frozen(self, batch: Batch) -> bool:
         """True for steps where only the method's own modules train (e.g. the AttnFD code's first epoch, which
         trains the connectors alone): the harness then leaves the task loss out and the student unchanged."""
@@ -217,3 +222,8 @@ class CompositeMethod(nn.Module):
 
     def student_frozen(self, batch: Batch) -> bool:
         return any(method.student_frozen(batch) for method in self.components.values())
+
+    def scale_task_loss(self, task_loss: torch.Tensor, batch: Batch) -> torch.Tensor:
+        for method in self.components.values():
+            task_loss = method.scale_task_loss(task_loss, batch)
+        return task_loss

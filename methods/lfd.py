@@ -113,8 +113,10 @@ class LFD(DistillationMethod):
       CE is what gives the head its meaning (the script builds the head with the student's optimizer).
     * resolution: the adapted student feature is bilinearly resized to the teacher's grid when strides
       differ; aux logits are upsampled to the labels for CE (as the harness does for ``aux_ce``).
-    * the script also divides its task loss by its detached value and adds a self-normalised pixel KD;
-      those live outside the LFD criterion (and the harness owns CE), so they are not part of this method.
+    * the script also divides its task loss (CE + 0.4·aux CE) by its detached value: ``self_normalize_task``
+      (default on, the script's fact) asks the harness to do the same through ``scale_task_loss``. Its extra
+      self-normalised pixel KD is not added (it lives outside the LFD criterion; combine with ``kd`` in a suite
+      row to reproduce it).
     * ``start_iter`` compares with the 0-based ``batch.iteration`` (the script counts from 1 and does not say
       whether the bound is inclusive).
     """
@@ -127,6 +129,7 @@ class LFD(DistillationMethod):
                  use_spatial_mask: bool = True, use_shared_head: bool = True, use_class_mask: bool = True,
                  use_kl: bool = True, lambda_feature: float = 1.0, lambda_aux: float = 0.1, lambda_kd: float = 1.0,
                  kd_temperature: float = 1.0, start_iter: int = 1000, self_normalize: bool = True,
+                 self_normalize_task: bool = True,
                  aux_mid_channels: int = 128, feature_point: str = "decoder"):
         super().__init__(student_points, teacher_points, num_classes)
         if not (use_feature or use_shared_head or use_kl):
@@ -151,6 +154,7 @@ class LFD(DistillationMethod):
         self.use_shared_head, self.use_class_mask = use_shared_head, use_class_mask
         self.lambda_feature, self.lambda_aux, self.lambda_kd = lambda_feature, lambda_aux, lambda_kd
         self.kd_temperature, self.start_iter, self.self_normalize = kd_temperature, start_iter, self_normalize
+        self.self_normalize_task = self_normalize_task
         self.feature_point = feature_point
 
         uses_feature = use_feature or use_shared_head
@@ -172,6 +176,11 @@ class LFD(DistillationMethod):
         if aligned.shape[-2:] != size:
             aligned = F.interpolate(aligned, size=size, mode="bilinear", align_corners=False)
         return aligned
+
+    def scale_task_loss(self, task_loss: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if not self.self_normalize_task:
+            return task_loss
+        return task_loss / task_loss.detach().clamp_min(EPS)
 
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}

@@ -45,7 +45,8 @@ def test_defaults_and_points():
     assert LFD.hyperparameters() == {
         "use_feature": True, "use_spatial_mask": True, "use_shared_head": True, "use_class_mask": True,
         "use_kl": True, "lambda_feature": 1.0, "lambda_aux": 0.1, "lambda_kd": 1.0, "kd_temperature": 1.0,
-        "start_iter": 1000, "self_normalize": True, "aux_mid_channels": 128, "feature_point": "decoder"}
+        "start_iter": 1000, "self_normalize": True, "self_normalize_task": True, "aux_mid_channels": 128,
+        "feature_point": "decoder"}
     method = LFD(points(4), points(8), K)
     assert method.student_points == method.teacher_points == ["decoder", "logits"]
     assert method.adapter.weight.shape == (8, 4, 1, 1) and method.adapter.bias is None
@@ -224,3 +225,15 @@ def test_on_the_tiny_pair_after_start_iter():
 def test_validation_errors_are_clear(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LFD(points(), points(), K, **kwargs)
+
+
+def test_task_loss_is_self_normalised_as_the_script_does():
+    student, teacher = tiny_pair()
+    on = build_method("lfd", student, teacher)
+    off = build_method("lfd", student, teacher, self_normalize_task=False)
+    batch = random_batch()
+    ce = torch.tensor(2.5, requires_grad=True)
+    scaled = on.scale_task_loss(ce, batch)
+    scaled.backward()
+    assert scaled.item() == pytest.approx(1.0) and ce.grad.item() == pytest.approx(1 / 2.5)
+    assert off.scale_task_loss(ce, batch) is ce

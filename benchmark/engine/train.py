@@ -256,7 +256,9 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
             terms, student_feats, teacher_feats = step_losses(student, teacher, method, student_capture,
                                                               teacher_capture, batch)
         frozen = method.student_frozen(batch)
-        loss = sum(v for k, v in terms.items() if not (frozen and k in TASK_TERMS))
+        loss = sum(v for k, v in terms.items() if k not in TASK_TERMS)
+        if not frozen:
+            loss = loss + method.scale_task_loss(sum(terms[k] for k in TASK_TERMS if k in terms), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if frozen:  # only the method's modules step; SGD and AdamW skip parameters without a gradient
