@@ -47,6 +47,23 @@ def resize_to(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=reference.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class PointConnectors(nn.ModuleDict):
+    """One connector per distilled point whose student channels differ from the teacher's, keyed by the
+    point's position in ``points``; :meth:`align` maps a student map onto its teacher's channels and size."""
+
+    def __init__(self, points, student_points: dict, teacher_points: dict, make=feature_connector):
+        super().__init__({
+            str(index): make(student_points[name].channels, teacher_points[name].channels)
+            for index, name in enumerate(points)
+            if student_points[name].channels != teacher_points[name].channels
+        })
+
+    def align(self, index: int, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if str(index) in self:
+            student = self[str(index)](student)
+        return resize_to(student, teacher)
+
+
 def check_points(method: str, points, student_points: dict, teacher_points: dict) -> None:
     """A method's points must exist on both models; say which are missing, and what the models have."""
     missing = [name for name in points if name not in student_points or name not in teacher_points]

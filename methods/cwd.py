@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod, resize_to
+from methods.base import Batch, DistillationMethod, PointConnectors
 
 
 def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -53,21 +53,17 @@ class ChannelWiseDistillation(DistillationMethod):
         if temperature <= 0:
             raise ValueError(f"cwd: temperature must be > 0, got {temperature}")
         self.temperature, self.loss_weight, self.points = temperature, loss_weight, tuple(points)
-        self.connectors = nn.ModuleDict({
-            str(index): nn.Conv2d(student_points[name].channels, teacher_points[name].channels, kernel_size=1)
-            for index, name in enumerate(self.points)
-            if student_points[name].channels != teacher_points[name].channels
-        })
+        # CIRKD's CriterionCWD: a plain 1x1 conv with bias (no BN) where channel counts differ.
+        self.connectors = PointConnectors(self.points, student_points, teacher_points,
+                                          make=lambda cin, cout: nn.Conv2d(cin, cout, kernel_size=1))
         self.student_points = list(self.points)
         self.teacher_points = list(self.points)
 
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
         total = 0.0
         for index, name in enumerate(self.points):
-            mapped = student[name]
-            if str(index) in self.connectors:
-                mapped = self.connectors[str(index)](mapped)
-            total = total + cwd_loss(resize_to(mapped, teacher[name]), teacher[name], self.temperature)
+            mapped = self.connectors.align(index, student[name], teacher[name])
+            total = total + cwd_loss(mapped, teacher[name], self.temperature)
         return {"cwd": self.loss_weight * total}
 
     @classmethod

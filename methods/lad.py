@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod, feature_connector, resize_to
+from methods.base import Batch, DistillationMethod, PointConnectors
 
 
 def lad_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -48,21 +47,15 @@ class LAD(DistillationMethod):
                  points: tuple[str, ...] = ("backbone.4:pre_relu", "encoder:pre_relu", "decoder:pre_relu")):
         super().__init__(student_points, teacher_points, num_classes)
         self.lad_lambda, self.points = lad_lambda, tuple(points)
-        self.connectors = nn.ModuleDict({
-            str(index): feature_connector(student_points[name].channels, teacher_points[name].channels)
-            for index, name in enumerate(self.points)
-            if student_points[name].channels != teacher_points[name].channels
-        })
+        self.connectors = PointConnectors(self.points, student_points, teacher_points)
         self.student_points = list(self.points)
         self.teacher_points = list(self.points)
 
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
         total = 0.0
         for index, name in enumerate(self.points):
-            mapped = student[name]
-            if str(index) in self.connectors:
-                mapped = self.connectors[str(index)](mapped)
-            total = total + lad_loss(resize_to(mapped, teacher[name]), teacher[name])
+            mapped = self.connectors.align(index, student[name], teacher[name])
+            total = total + lad_loss(mapped, teacher[name])
         return {"lad": self.lad_lambda * total}
 
     @classmethod
