@@ -77,7 +77,7 @@ def train_loader(dataset: Dataset, transform: Callable, batch_size: int, seed: i
     sampler = IterationBatchSampler(len(dataset), batch_size, seed, total_iterations, start_iteration, rank,
                                     world_size)
     return DataLoader(SeededTransformDataset(dataset, transform), batch_sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=False,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
                       prefetch_factor=4 if num_workers > 0 else None)
 
 
