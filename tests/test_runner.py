@@ -206,3 +206,17 @@ def test_student_frozen_steps_train_only_the_method(tmp_path):
             assert torch.equal(state["model"][key], value), f"student {key} changed during a frozen step"
     moved = [k for k, v in method.state_dict().items() if v.is_floating_point() and not torch.equal(state["method"][k], v)]
     assert any("connector" in k for k in moved), moved
+
+
+def test_worker_count_changes_neither_the_run_key_nor_the_numbers(tmp_path):
+    """Augmentation is seeded per sample, so decoding in 2 worker processes gives the in-process numbers."""
+    data = {**MINI, "methods": [{"name": "none"}]}
+    suite = write_suite(tmp_path, data)
+    records = []
+    for workers in (0, 2):
+        results = tmp_path / f"w{workers}"
+        assert main(["run", str(suite), "--results", str(results), "--reports", str(tmp_path / f"r{workers}"),
+                     "--set", f"runtime.num_workers={workers}"]) == 0
+        records.append(load_records(results / "mini")[1][0])
+    assert records[0]["run_key"] == records[1]["run_key"]
+    assert records[0]["final"]["per_class_iou"] == records[1]["final"]["per_class_iou"]
