@@ -45,7 +45,7 @@ def profile_step(student: nn.Module, teacher: nn.Module | None, method: nn.Modul
     The first ``warmup`` steps (allocations, cudnn autotuning) are not counted."""
     import time
 
-    from benchmark.engine.step import step_losses
+    from benchmark.engine.step import step_losses, student_capture
     from benchmark.engine.train import autocast_context
     from benchmark.models.hooks import FeatureCapture
     from methods.base import Batch
@@ -57,7 +57,7 @@ def profile_step(student: nn.Module, teacher: nn.Module | None, method: nn.Modul
     images = torch.randn(batch_size, 3, *crop, device=device)
     labels = torch.randint(0, num_classes, (batch_size, *crop), device=device)
     batch = Batch(images, labels, iteration=0, total_iterations=steps + warmup)
-    with FeatureCapture(student, method.student_points) as student_capture:
+    with student_capture(student, method) as student_hooks:
         teacher_capture = FeatureCapture(teacher, method.teacher_points) if teacher is not None else None
         elapsed = 0.0
         for step in range(warmup + steps):
@@ -65,7 +65,7 @@ def profile_step(student: nn.Module, teacher: nn.Module | None, method: nn.Modul
                 torch.cuda.synchronize(device)
             started = time.perf_counter()
             with autocast_context(device, runtime):
-                terms, _, _ = step_losses(student, teacher, method, student_capture, teacher_capture, batch)
+                terms, _, _ = step_losses(student, teacher, method, student_hooks, teacher_capture, batch)
             optimizer.zero_grad(set_to_none=True)
             sum(terms.values()).backward()
             optimizer.step()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.engine.step import step_losses
+from benchmark.engine.step import step_losses, student_capture
 from benchmark.models.base import freeze
 from benchmark.models.hooks import FeatureCapture
 from benchmark.registry import METHODS, MODELS
@@ -40,7 +40,7 @@ class Step:
 
     def __init__(self, student, teacher, method):
         self.student, self.teacher, self.method = student, teacher, method
-        self.student_capture = FeatureCapture(student, method.student_points)
+        self.student_capture = student_capture(student, method)
         self.teacher_capture = FeatureCapture(teacher, method.teacher_points)
 
     def __call__(self, batch: Batch):

@@ -24,6 +24,14 @@ def teacher_features(teacher: SegmentationModel, capture: FeatureCapture, images
     return {name: tensor.clone() for name, tensor in features.items()}
 
 
+def student_capture(student: SegmentationModel, method: nn.Module) -> FeatureCapture:
+    """Hooks for the points the method asks for, plus the auxiliary head's logits when the model trains one."""
+    points = set(method.student_points)
+    if student.aux_weight > 0:
+        points.add("aux_logits")
+    return FeatureCapture(student, points)
+
+
 def student_forward(student: SegmentationModel, capture: FeatureCapture, images: torch.Tensor):
     """The student's forward with grad; returns (logits, captured points)."""
     logits = student(images)

@@ -26,6 +26,7 @@ from benchmark.engine.checkpoint import load_checkpoint, load_state_strict, rng_
 from benchmark.engine.loader import eval_loader, iterations_per_epoch, train_loader
 from benchmark.engine.prepare import run_prepare
 from benchmark.engine.step import step_losses
+from benchmark.engine.step import student_capture as make_student_capture
 from benchmark.metrics import ConfusionMatrix
 from benchmark.models.base import SegmentationModel
 from benchmark.models.hooks import FeatureCapture
@@ -241,7 +242,7 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
             if selection_split != eval_split and distributed.is_main():
                 save_checkpoint(best_path, {"model": student.state_dict()})
 
-    student_capture = FeatureCapture(student, method.student_points)
+    student_hooks = make_student_capture(student, method)
     teacher_capture = FeatureCapture(teacher, method.teacher_points) if teacher is not None else None
     student.train()
     start_iteration = state["iteration"]
@@ -253,7 +254,7 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
     for images, labels in batches(job.seed, start_iteration, total):
         batch = Batch(images, labels, iteration, total, per_epoch, spec.ignore_index)
         with autocast_context(device, job.runtime):
-            terms, student_feats, teacher_feats = step_losses(student, teacher, method, student_capture,
+            terms, student_feats, teacher_feats = step_losses(student, teacher, method, student_hooks,
                                                               teacher_capture, batch)
         frozen = method.student_frozen(batch)
         loss = sum(v for k, v in terms.items() if k not in TASK_TERMS)
@@ -294,7 +295,7 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
             state["elapsed"] = elapsed_before + time.perf_counter() - started
             save(iteration)
     progress.close()
-    student_capture.remove()
+    student_hooks.remove()
     if teacher_capture is not None:
         teacher_capture.remove()
     if iteration != total:
