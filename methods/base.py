@@ -64,6 +64,16 @@ class PointConnectors(nn.ModuleDict):
         return resize_to(student, teacher)
 
 
+LOGIT_POINTS = ("logits", "logits:pre_upsample")
+
+
+def check_logits_point(method: str, point: str) -> str:
+    """Logit-based losses run on the upsampled output or, as the CIRKD code base does, before upsampling."""
+    if point not in LOGIT_POINTS:
+        raise ValueError(f"{method}: point must be 'logits' or 'logits:pre_upsample', got {point!r}")
+    return point
+
+
 def check_points(method: str, points, student_points: dict, teacher_points: dict) -> None:
     """A method's points must exist on both models; say which are missing, and what the models have."""
     missing = [name for name in points if name not in student_points or name not in teacher_points]

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod
+from methods.base import Batch, DistillationMethod, check_logits_point
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -58,8 +58,7 @@ class DIST(DistillationMethod):
         super().__init__(student_points, teacher_points, num_classes)
         if tau <= 0:
             raise ValueError(f"dist: tau must be > 0, got {tau}")
-        if point not in ("logits", "logits:pre_upsample"):
-            raise ValueError(f"dist: point must be 'logits' or 'logits:pre_upsample', got {point!r}")
+        check_logits_point("dist", point)
         self.beta, self.gamma, self.tau, self.point = beta, gamma, tau, point
         self.student_points = [point]
         self.teacher_points = [point]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod
+from methods.base import Batch, DistillationMethod, check_logits_point
 
 
 def pixel_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -45,8 +45,7 @@ class KD(DistillationMethod):
         super().__init__(student_points, teacher_points, num_classes)
         if temperature <= 0:
             raise ValueError(f"kd: temperature must be > 0, got {temperature}")
-        if point not in ("logits", "logits:pre_upsample"):
-            raise ValueError(f"kd: point must be 'logits' or 'logits:pre_upsample', got {point!r}")
+        check_logits_point("kd", point)
         self.temperature, self.loss_weight, self.point = temperature, loss_weight, point
         self.student_points = [point]
         self.teacher_points = [point]
