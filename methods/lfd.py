@@ -143,8 +143,9 @@ class LFD(DistillationMethod):
                  aux_mid_channels: int = 128, feature_point: str = "decoder",
                  logits_point: str = "logits:pre_upsample"):
         super().__init__(student_points, teacher_points, num_classes)
-        if not (use_feature or use_shared_head or use_kl):
-            raise ValueError("lfd: every component is off (use_feature, use_shared_head, use_kl): enable one")
+        if not (use_feature or use_shared_head or use_kl or self_normalized_kd):
+            raise ValueError("lfd: every component is off (use_feature, use_shared_head, use_kl, self_normalized_kd): "
+                             "enable one")
         self.logits_point = check_logits_point("lfd", logits_point)
         self.self_normalized_kd = self_normalized_kd
         if use_spatial_mask and not use_feature:
