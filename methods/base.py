@@ -204,7 +204,7 @@ class DistillationMethod(nn.Module):
         """The learning rate of this method's student-optimizer parameters in ``epoch``, relative to the schedule's
         base lr, where it differs from the suite's ``schedule.method_lr_mult`` (``None``: that value). The AttnFD,
         Overhaul and AICSD codes train their connectors in epoch 0 with a separate one-group optimizer, which their
-        lr scheduler sets to the base lr (pytorch-deeplab-xception utils/lr_scheduler.py:63-65), and at 10x after."""
+        lr scheduler sets to the base lr (AmirMansurian/AttnFD@f090bbe utils/lr_scheduler.py:63-65), and at 10x after."""
         return None
 
     @classmethod
