@@ -101,11 +101,28 @@ def make_optimizer(schedule: ScheduleConfig, student: nn.Module, method: Composi
     groups = [{"params": [p for p in student.parameters() if p.requires_grad], "lr": schedule.lr}]
     method_params = list(method.student_optimizer_parameters())
     if method_params:
-        groups.append({"params": method_params, "lr": schedule.lr * schedule.method_lr_mult})
+        groups.append({"params": method_params, "lr": schedule.lr * schedule.method_lr_mult, "method": True})
     if schedule.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum, nesterov=schedule.nesterov,
                                weight_decay=schedule.weight_decay)
     return torch.optim.AdamW(groups, lr=schedule.lr, weight_decay=schedule.weight_decay)
+
+
+def group_lr_lambdas(schedule: ScheduleConfig, total: int, per_epoch: int, method: CompositeMethod, optimizer):
+    """One lr multiplier per parameter group: the schedule's, and for the method's group also the method's own
+    per-epoch lr (``lr_multiplier``; e.g. connectors at 1x in a warm-up epoch, at ``method_lr_mult`` after).
+    The table is built before training, so a method asking for conflicting rates fails before any step."""
+    base = lr_lambda(schedule, total)
+    epochs = total // max(per_epoch, 1) + 1
+    scale = []
+    for epoch in range(epochs):
+        asked = method.lr_multiplier(epoch)
+        scale.append(1.0 if asked is None else asked / schedule.method_lr_mult)
+
+    def method_factor(iteration: int) -> float:
+        return base(iteration) * scale[min(iteration // max(per_epoch, 1), epochs - 1)]
+
+    return [method_factor if group.get("method") else base for group in optimizer.param_groups]
 
 
 def autocast_context(device: torch.device, runtime: dict[str, Any]):
@@ -177,7 +194,8 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(schedule, student, method)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, group_lr_lambdas(schedule, total, per_epoch, method,
+                                                                              optimizer))
 
     checkpoint_path = job.folder / "checkpoint.pt"
     best_path = job.folder / "best.pt"
@@ -193,6 +211,12 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
         log.info("%s: resumed from %s at iteration %d", job.name, checkpoint_path, state["iteration"])
     if teacher is not None:
         teacher.train(method.teacher_train_mode)
+        if method.teacher_train_mode:
+            # Batch statistics as the authors' code, but the shared teacher's running statistics must not move:
+            # later runs (eval mode) read them. Momentum is unused in eval mode, so nothing needs restoring.
+            for module in teacher.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.momentum = 0.0
 
     train_transform = TrainTransform(dataset_cfg["crop"], dataset_cfg["scale_range"], dataset_cfg["flip"],
                                      ignore_index=spec.ignore_index)
@@ -261,7 +285,8 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
         if not frozen:
             loss = loss + method.scale_task_loss(sum(terms[k] for k in TASK_TERMS if k in terms), batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if not frozen or loss.requires_grad:  # a frozen step may have nothing to train (the AICSD code's LAD epoch 0)
+            loss.backward()
         if frozen:  # only the method's modules step; SGD and AdamW skip parameters without a gradient
             for parameter in student.parameters():
                 parameter.grad = None
