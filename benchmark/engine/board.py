@@ -6,7 +6,8 @@ path after its hashed run folder. The loop calls this only where its values are 
 logging and evaluation steps), and only rank 0 writes. A resumed run appends to the same folder; its first
 step after the checkpoint purges whatever an interrupted attempt wrote past that checkpoint.
 
-Tags: ``loss/<term>`` and ``loss/total`` (means over the logging window), ``lr/<parameter group>``,
+Tags: ``loss/<term>`` and ``loss/total`` (means over the logging window), ``lr/<parameter group>`` (the lr the
+next step uses, as ``train.log`` prints it),
 ``miou/<selection split>`` at each evaluation, and at the last iteration ``final/<split>/{miou,pixel_accuracy}``,
 ``final/<split>/iou/<class>`` and ``best/<split>/...`` for the checkpoint selected on the selection split.
 Scores are in percent, as in the report.
