@@ -23,9 +23,12 @@ import torch
 from benchmark.cost import FLOPS_CONVENTION, count_flops
 from benchmark.data.base import DatasetError
 from benchmark.engine import distributed
+from benchmark.engine.board import folder_name
 from benchmark.engine.checkpoint import CheckpointError, load_checkpoint, load_state_strict
+from benchmark.engine.predictions import QualitativePlan, samples_folder, save_teacher_predictions
 from benchmark.engine.train import NonFiniteLossError, TrainJob, build_method, run_training
 from benchmark.models.base import SegmentationModel, count_parameters, freeze
+from benchmark.qualitative import check_indices
 from benchmark.registry import DATASETS, MODELS
 from benchmark.store import ResultStore, RunFolder, RunLockedError
 from benchmark.suite import RunSpec, Suite, SuiteError, SuiteFile, TeacherSpec, expand
@@ -114,6 +117,22 @@ def preflight(plan: Plan) -> None:
                     raise PreflightError(f"{plan.suite_file.path}: methods[{m_index}] ({method.row_label}) on "
                                          f"{student_cfg.model}: {error}") from None
                 del built
+    _check_qualitative_indices(plan)
+
+
+def _check_qualitative_indices(plan: Plan) -> None:
+    """Images named by index must exist in the evaluation split (their PNGs are made after training)."""
+    for part in plan.parts:
+        indices = part.suite.report.qualitative_indices
+        if not indices:
+            continue
+        dataset = part.suite.dataset.resolved()
+        length = len(DATASETS.get(dataset["name"]).build(dataset["eval_split"], _root(dataset["root"]),
+                                                         **dataset["options"]))
+        try:
+            check_indices(indices, length, f"{plan.suite_file.path}: {part.suite.name}: report.qualitative_indices")
+        except ValueError as error:
+            raise PreflightError(str(error)) from None
 
 
 @functools.lru_cache(maxsize=16)
@@ -208,7 +227,8 @@ class Runner:
                                dataset_root=suite.dataset.root, schedule=suite.teacher_schedule(spec.label),
                                model_name=config.model, model_options=config.options, seed=config.seed,
                                methods=[{"name": "none", "hparams": {}}], runtime=suite.runtime.model_dump(),
-                               save_weights=True)
+                               save_weights=True, qualitative=self.qualitative(suite),
+                               board_name=folder_name("teacher", spec.label, config.model, f"seed{config.seed}"))
                 self._train(folder, job, {"role": "teacher", "model": config.model, "teacher_key": spec.key},
                             spec.config, suite)
                 if not folder.done:
@@ -218,6 +238,11 @@ class Runner:
             weights = folder.path / "model.pt"
             load_state_strict(model, load_checkpoint(weights), weights, f"teacher {config.model}")
         model = freeze(model.to(self.device))
+        qualitative = self.qualitative(suite)
+        if spec.checkpoint and qualitative is not None and distributed.is_main():
+            save_teacher_predictions(model, suite.dataset.resolved(), _root(suite.dataset.root),
+                                     self.plan.store.teacher(spec.key).path, qualitative, self.device,
+                                     suite.runtime.model_dump())
         self.teachers[spec.key] = model
         return model
 
@@ -251,7 +276,9 @@ class Runner:
                            dataset=part.suite.dataset.resolved(), dataset_root=run.dataset_root,
                            schedule=part.suite.schedule, model_name=run.student,
                            model_options=run.config["student"]["options"], seed=run.seed,
-                           methods=run.config["method"]["components"], teacher=teacher, runtime=run.runtime)
+                           methods=run.config["method"]["components"], teacher=teacher, runtime=run.runtime,
+                           qualitative=self.qualitative(part.suite),
+                           board_name=folder_name(run.suite, run.student, run.method_label, f"seed{run.seed}"))
             meta = {"role": "student", "suite": run.suite, "table": run.table, "dataset": part.suite.dataset.name,
                     "student": run.student, "method": run.method_label,
                     "method_components": run.config["method"]["components"], "seed": run.seed,
@@ -260,6 +287,16 @@ class Runner:
             outcome = self._train(folder, job, meta, run.config, part.suite)
             counts[outcome] += 1
         return counts
+
+    def qualitative(self, suite: Suite) -> QualitativePlan | None:
+        """The suite's prediction images (``report`` key); None where it asks for none."""
+        report = suite.report
+        if report.qualitative_indices == []:
+            return None
+        indices = tuple(report.qualitative_indices) if report.qualitative_indices is not None else None
+        return QualitativePlan(indices, report.qualitative_max_side,
+                               samples_folder(self.plan.store.root, suite.dataset.resolved(),
+                                              report.qualitative_max_side))
 
     def _train(self, folder: RunFolder, job: TrainJob, meta: dict[str, Any], config: dict[str, Any],
                suite: Suite) -> str:

@@ -184,6 +184,29 @@ class RuntimeConfig(Strict):
     channels_last: Literal["auto", "on", "off"] = "auto"
 
 
+class ReportConfig(Strict):
+    """What the report shows besides numbers; never part of a run key (it changes no result)."""
+
+    #: Evaluation-split images whose predictions every run stores (None: three spread over the split; []: none).
+    qualitative_indices: list[StrictInt] | None = None
+    #: Longest side in pixels of the stored prediction PNGs: small, so a report of many tables stays light.
+    qualitative_max_side: StrictInt = 384
+
+    @field_validator("qualitative_indices")
+    @classmethod
+    def _indices(cls, indices):
+        if indices is not None and (len(set(indices)) != len(indices) or any(i < 0 for i in indices)):
+            raise ValueError(f"expected distinct non-negative image indices of the evaluation split, got {indices}")
+        return indices
+
+    @field_validator("qualitative_max_side")
+    @classmethod
+    def _side(cls, side):
+        if side < 16:
+            raise ValueError(f"expected at least 16 pixels, got {side}")
+        return side
+
+
 def _check_model_options(name: str, options: dict[str, Any]) -> None:
     builder = _lookup(MODELS, name)
     parameters = inspect.signature(builder).parameters
@@ -352,6 +375,7 @@ class Suite(Strict):
     seeds: list[StrictInt]
     claims: list[Claim] = Field(default_factory=list)
     runtime: RuntimeConfig = RuntimeConfig()
+    report: ReportConfig = ReportConfig()
 
     @field_validator("name")
     @classmethod

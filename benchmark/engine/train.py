@@ -22,8 +22,10 @@ from tqdm import tqdm
 
 from benchmark.data.transforms import EvalTransform, TrainTransform
 from benchmark.engine import distributed
+from benchmark.engine.board import RunBoard, folder_name
 from benchmark.engine.checkpoint import load_checkpoint, load_state_strict, rng_state, save_checkpoint, set_rng_state
 from benchmark.engine.loader import eval_loader, iterations_per_epoch, train_loader
+from benchmark.engine.predictions import QualitativePlan, save_predictions
 from benchmark.engine.prepare import run_prepare
 from benchmark.engine.step import step_losses
 from benchmark.engine.step import student_capture as make_student_capture
@@ -57,6 +59,8 @@ class TrainJob:
     teacher: SegmentationModel | None = None
     runtime: dict[str, Any] = field(default_factory=dict)
     save_weights: bool = False  # teachers keep their final weights for the runs that use them
+    board_name: str = ""  # the run's TensorBoard folder under tb/ (default: from `name`)
+    qualitative: QualitativePlan | None = None  # prediction PNGs after training (None: none)
 
 
 def seed_everything(seed: int) -> None:
@@ -98,10 +102,10 @@ def lr_lambda(schedule: ScheduleConfig, total: int):
 
 
 def make_optimizer(schedule: ScheduleConfig, student: nn.Module, method: CompositeMethod):
-    groups = [{"params": [p for p in student.parameters() if p.requires_grad], "lr": schedule.lr}]
+    groups = [{"params": [p for p in student.parameters() if p.requires_grad], "lr": schedule.lr, "name": "student"}]
     method_params = list(method.student_optimizer_parameters())
     if method_params:
-        groups.append({"params": method_params, "lr": schedule.lr * schedule.method_lr_mult, "method": True})
+        groups.append({"params": method_params, "lr": schedule.lr * schedule.method_lr_mult, "name": "method"})
     if schedule.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum, nesterov=schedule.nesterov,
                                weight_decay=schedule.weight_decay)
@@ -122,7 +126,7 @@ def group_lr_lambdas(schedule: ScheduleConfig, total: int, per_epoch: int, metho
     def method_factor(iteration: int) -> float:
         return base(iteration) * scale[min(iteration // max(per_epoch, 1), epochs - 1)]
 
-    return [method_factor if group.get("method") else base for group in optimizer.param_groups]
+    return [method_factor if group.get("name") == "method" else base for group in optimizer.param_groups]
 
 
 def autocast_context(device: torch.device, runtime: dict[str, Any]):
@@ -165,7 +169,15 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
 
 
 def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> dict[str, Any]:
-    """Train one run to the end (resuming from its checkpoint if any) and return its record."""
+    """Train one run to the end (resuming from its checkpoint if any) and return its record.
+
+    Its TensorBoard events are flushed and closed however the run ends, a failure included.
+    """
+    with RunBoard(job.folder, job.board_name or folder_name(job.name), enabled=distributed.is_main()) as board:
+        return _train_run(job, device, log, board)
+
+
+def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: RunBoard) -> dict[str, Any]:
     rank, world = distributed.rank(), distributed.world_size()
     dataset_cfg, schedule = job.dataset, job.schedule
     spec = DATASETS.get(dataset_cfg["name"])
@@ -209,6 +221,7 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
         set_rng_state(saved["rng"])
         state = saved["progress"]
         log.info("%s: resumed from %s at iteration %d", job.name, checkpoint_path, state["iteration"])
+    board.start(state["iteration"])
     if teacher is not None:
         teacher.train(method.teacher_train_mode)
         if method.teacher_train_mode:
@@ -259,6 +272,7 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
         """Evaluate on the selection split; keep the best student (its weights too, if scored elsewhere)."""
         scores = evaluate_on(selection_split, student)
         state["history"].append({"iteration": iteration, "split": selection_split, "miou": scores["miou"]})
+        board.evaluation(iteration, selection_split, scores["miou"])
         log.info("%s: iteration %d: %s mIoU %.4f", job.name, iteration, selection_split, scores["miou"])
         best = state["best"]
         if best is None or scores["miou"] > best["selection_miou"]:
@@ -313,6 +327,7 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
             progress.set_postfix(loss=f"{means['total']:.4f}")
             log.info("%s: iteration %d/%d lr %.3g %s", job.name, iteration, total, scheduler.get_last_lr()[0],
                      " ".join(f"{k}={v:.4f}" for k, v in means.items()))
+            board.training(iteration, means, optimizer)
         state["elapsed"] = elapsed_before + time.perf_counter() - started
         if selection_split and schedule.eval_every and iteration % schedule.eval_every == 0 and iteration < total:
             select(iteration)
@@ -333,6 +348,7 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
     if selection_split:
         if selection_split == eval_split:
             state["history"].append({"iteration": total, "split": eval_split, "miou": final["miou"]})
+            board.evaluation(total, eval_split, final["miou"])
             best = state["best"]
             if best is None or final["miou"] > best["selection_miou"]:
                 best = {"iteration": total, "selection_miou": final["miou"], "scores": final}
@@ -351,6 +367,11 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
                            "selection_miou": best["selection_miou"], **scores}
     wall = elapsed_before + time.perf_counter() - started
     memory, memory_kind = peak_memory(device)
+    board.scores(total, {"split": eval_split, **final}, best_record, spec.class_names)
+    qualitative = None
+    if job.qualitative is not None and distributed.is_main():
+        qualitative = save_predictions(student, split(eval_split), eval_split, eval_transform, spec, job.folder,
+                                       job.qualitative, device, job.runtime)
     if job.save_weights and distributed.is_main():
         save_checkpoint(job.folder / "model.pt", student.state_dict())
     return {
@@ -360,6 +381,7 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
         "iterations": total,
         "iterations_per_epoch": per_epoch,
         "last_losses": state.get("last_losses", {}),
+        "qualitative": qualitative,
         "timing": {
             "wall_seconds": wall,
             "device_hours": wall * world / 3600,
