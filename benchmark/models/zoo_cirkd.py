@@ -46,6 +46,8 @@ ENCODERS = {
     "effb0": EncoderSpec("efficientnet_b0", hub_tag="ra_in1k"),
 }
 HEAD_WIDTH = {"r101": 256, "r18": 128, "mbv2": 128, "effb0": 128}
+# models/pspnet.py:_PSPHead: 512 after a 2048-channel stage, 128 after 512 (deeplabv3.py: 256 and 128).
+PSP_WIDTH = {**HEAD_WIDTH, "r101": 512}
 
 
 def _deeplabv3(encoder: str, num_classes: int, pretrained: bool | str, output_stride: int) -> ZooModel:
@@ -65,7 +67,7 @@ def _deeplabv3(encoder: str, num_classes: int, pretrained: bool | str, output_st
 
 def _pspnet(encoder: str, num_classes: int, pretrained: bool | str, output_stride: int) -> ZooModel:
     backbone = build_encoder(ENCODERS[encoder], output_stride, pretrained)
-    channels, width = backbone.feature_info.channels(), HEAD_WIDTH[encoder]
+    channels, width = backbone.feature_info.channels(), PSP_WIDTH[encoder]
     context = PyramidPooling(channels[3])
     aux = FCNHead(channels[2], num_classes) if encoder.startswith("r") else None
     return ZooModel(

@@ -23,6 +23,7 @@ code's own file is a torchvision-style checkpoint of the same architecture, not 
 
 from __future__ import annotations
 
+from benchmark.models.authors_encoders import dilate_like_deeplab_xception_resnet, match_deeplab_xception_mobilenet_v2
 from benchmark.models.heads import ASPP, DeepLabV3PlusDecoder
 from benchmark.models.pretrained import EncoderSpec
 from benchmark.models.zoo_common import ZooModel, apply_multi_grid, build_encoder, check_output_stride, kaiming_init
@@ -38,6 +39,10 @@ ENCODERS = {
 def _deeplabv3plus(encoder: str, num_classes: int, pretrained: bool | str, output_stride: int) -> ZooModel:
     check_output_stride(output_stride)
     backbone = build_encoder(ENCODERS[encoder], output_stride, pretrained)
+    if encoder == "mbv2":
+        match_deeplab_xception_mobilenet_v2(backbone)
+    else:
+        dilate_like_deeplab_xception_resnet(backbone)
     if encoder == "r101":
         apply_multi_grid(backbone.layer4, base_dilation=32 // output_stride)
     channels = backbone.feature_info.channels()
