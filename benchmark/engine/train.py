@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.layers import convert_sync_batchnorm
 from torch import nn
 from tqdm import tqdm
 
+from benchmark.convert import describe_weights, load_weights
 from benchmark.data.transforms import EvalTransform, TrainTransform
 from benchmark.engine import distributed
 from benchmark.engine.checkpoint import load_checkpoint, load_state_strict, rng_state, save_checkpoint, set_rng_state
@@ -57,6 +59,7 @@ class TrainJob:
     teacher: SegmentationModel | None = None
     runtime: dict[str, Any] = field(default_factory=dict)
     save_weights: bool = False  # teachers keep their final weights for the runs that use them
+    initial_weights: dict[str, str] | None = None  # {"path", "format"}: the student starts from this file
 
 
 def seed_everything(seed: int) -> None:
@@ -167,9 +170,15 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
 
     seed_everything(job.seed)
     student = MODELS.get(job.model_name)(spec.num_classes, **job.model_options)
+    initial = None
+    if job.initial_weights:
+        initial = load_weights(student, Path(job.initial_weights["path"]).expanduser(), job.initial_weights["format"],
+                               "the student's initial weights")
+        log.info("%s: initial weights %s", job.name, describe_weights(initial))
     if distributed.initialized() and device.type == "cuda":
-        # Batch statistics over the global batch, as the papers' multi-GPU runs compute them (CUDA only).
-        student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        # Batch statistics over the global batch, as the papers' multi-GPU runs compute them (CUDA only). timm's
+        # conversion keeps the activation inside BatchNormAct2d (MobileNetV2's ReLU6); torch's would drop it.
+        student = convert_sync_batchnorm(student)
     student = student.to(device)
     teacher = job.teacher
     method = build_method(job.methods, student, teacher).to(device)
@@ -345,5 +354,6 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
             "world_size": world,
         },
         "method_params": sum(p.numel() for p in method.student_optimizer_parameters()),
+        **({"student_checkpoint": initial} if initial else {}),
         "student_model": student,
     }

@@ -15,11 +15,13 @@ point                  module                                                   
 ``aux_logits``         ``aux_head`` (CIRKD family), on ``backbone.3``; training only  stride of ``backbone.3``
 =====================  ===========================================================  ==========================
 
-``:pre_relu`` variants exist where the point ends in a ReLU: ResNet stages (input of the last block's final
-activation, which is what Overhaul and AttnFD distil: their code moves that ReLU into the next block), the ASPP
-projection and the decoder's last conv. MobileNetV2 / EfficientNet stages end in a linear bottleneck, so their
-``backbone.k`` already is pre-activation and declares no ``:pre_relu`` twin. Pyramid pooling ends in a concat of
-post-ReLU tensors and has none either.
+``:pre_relu`` variants are the feature at the first ReLU at or after the point, before that ReLU (Overhaul's
+distillation position): ResNet stages (input of the last block's final activation, which is what Overhaul and AttnFD
+distil: their code moves that ReLU into the next block), the ASPP projection and the decoder's last conv. MobileNetV2
+stages end in a linear bottleneck: the first ReLU after stage k = 1..3 is the next block's expansion ReLU6, so
+``backbone.k:pre_relu`` is that expansion's BN output (144, 192, 576 channels, as Overhaul's code takes it), and
+``backbone.4:pre_relu`` is the linear 320-channel output itself (no ReLU follows; AttnFD's and Overhaul's ``feat4``).
+EfficientNet (SiLU) declares none. Pyramid pooling ends in a concat of post-ReLU tensors and has none either.
 """
 
 from __future__ import annotations
