@@ -10,8 +10,8 @@ Two source formats, each the file its code base saves:
     bgr_mean``.
 ``deeplab_xception``
     the pytorch-deeplab-xception lineage (jfzhang95, clovaai/overhaul-distillation, AmirMansurian/AttnFD, AICSD)
-    saves ``{'epoch', 'state_dict', 'optimizer', 'best_pred'}`` (AttnFD@f090bbe:utils/saver.py:19-21,
-    ``train_kd.py:136-139``) around ``modeling/deeplab.py`` (``backbone.*`` torchvision-named ResNet or
+    saves ``{'epoch', 'state_dict', 'best_pred'}``, with ``'optimizer'`` in some (AttnFD@f090bbe:utils/saver.py:19-22,
+    ``train_kd.py:136-140``) around ``modeling/deeplab.py`` (``backbone.*`` torchvision-named ResNet or
     ``backbone.features.*`` MobileNetV2, ``aspp.*``, ``decoder.*``). Input: RGB, ImageNet mean and std.
 
 Each source name is rewritten by the first rule of its format whose pattern matches (module-level rules such as

@@ -77,7 +77,7 @@ class ActivationInputTap(nn.Module):
     """An activation whose input, less ``border`` pixels on each side, is the output of ``self.tap``.
 
     ``border`` removes the pre-padding of :class:`PaddedInputConv2d`, so the tap holds the map the authors' code
-    computes on the unpadded input (AttnFD@f090bbe:modeling/backbone/mobilenet.py:145-147 applies the expansion
+    computes on the unpadded input (AttnFD@f090bbe:modeling/backbone/mobilenet.py:147-150 applies the expansion
     ``conv[0:2]`` to the stage output itself). The activation is made non-in-place so it cannot overwrite the tap.
     """
 

@@ -145,7 +145,7 @@ class ZooModel(SegmentationModel):
         """MobileNetV2: the first ReLU after a linear-bottleneck stage is the next block's expansion ReLU6.
 
         Overhaul's code distils there (clovaai/overhaul-distillation@76344a8:Segmentation/modeling/backbone/
-        mobilenet.py:123-147, ``get_bn_before_relu`` / ``extract_feature``: the next block's 1x1 expansion + BN,
+        mobilenet.py:123-149, ``get_bn_before_relu`` / ``extract_feature``: the next block's 1x1 expansion + BN,
         144 / 192 / 576 channels); after the last stage no ReLU follows, and both Overhaul and AttnFD distil the
         linear 320-channel output itself (``feat4``). Encoders of other activations (EfficientNet's SiLU) get none.
         """
