@@ -235,6 +235,9 @@ def test_loads_from_a_hugging_face_cache_directory(tmp_path):
     save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
     model = MODELS.get("deeplabv3plus_mbv2")(21, pretrained=str(tmp_path))
     assert torch.equal(model.backbone.blocks[6][0].conv_pwl.weight, state["blocks.6.0.conv_pwl.weight"])
+    # The deeplab-xception padding swaps the expansion conv for a padding one: it keeps the loaded weights.
+    assert isinstance(model.backbone.blocks[2][0].conv_pw, PaddedInputConv2d)
+    assert torch.equal(model.backbone.blocks[2][0].conv_pw.weight, state["blocks.2.0.conv_pw.weight"])
 
 
 def test_cache_directory_without_the_weights_says_what_it_looked_for(tmp_path):
