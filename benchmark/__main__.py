@@ -1,4 +1,4 @@
-"""``python -m benchmark``: run, report, plan, list, models, data, check-reference.
+"""``python -m benchmark``: run, report, plan, list, models, data, convert-checkpoint, check-reference.
 
 Exit codes: 0 success; 1 a check found problems (a failed reference case, a dataset with problems, a
 suite with failed runs); 2 bad input (a malformed suite, a missing file), reported in one message with
@@ -19,6 +19,8 @@ EXAMPLES = """examples:
   python -m benchmark report results/smoke
   python -m benchmark list
   python -m benchmark data check camvid --root ../shared/datasets/CamVid
+  python -m benchmark convert-checkpoint deeplabv3_resnet101_citys_best_model.pth --format cirkd \
+      --model deeplabv3_r101 --num-classes 19 --out weights/deeplabv3_r101_cirkd.pt
   python -m benchmark check-reference ../shared/reference/loss_vectors.json"""
 
 
@@ -79,6 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(commands)
 
+    convert = commands.add_parser(
+        "convert-checkpoint", help="convert an authors' released checkpoint (CIRKD, pytorch-deeplab-xception) into "
+                                   "a zoo model's names, strictly",
+        description="Rename every tensor of SRC into model NAME's names by the naming rules of its code base, set "
+                    "aside what belongs elsewhere (AttnFD's CBAM modules, duplicate views), check every shape, check "
+                    "that MODELS.get(NAME)(N) loads the result with strict=True, and write it to DST atomically. "
+                    "Any tensor without a place, or any model tensor left unfilled, is an error naming the keys. "
+                    "A cirkd checkpoint needs `dataset.normalization: bgr_mean` wherever it is used.")
+    convert.add_argument("source", type=Path, metavar="SRC", help="the authors' file, e.g. "
+                         "deeplabv3_resnet101_citys_best_model.pth")
+    convert.add_argument("--format", required=True, choices=["cirkd", "deeplab_xception"],
+                         help="cirkd: a bare state dict (winycg/CIRKD); deeplab_xception: {'state_dict': ...} "
+                              "(jfzhang95/pytorch-deeplab-xception, Overhaul, AttnFD, AICSD)")
+    convert.add_argument("--model", required=True, metavar="NAME", help="target zoo model, e.g. deeplabv3_r101")
+    convert.add_argument("--num-classes", required=True, type=int, metavar="N")
+    convert.add_argument("--out", required=True, type=Path, metavar="DST", help="where to write our state dict")
+    convert.set_defaults(func=cmd_convert_checkpoint)
+
     reference = commands.add_parser(
         "check-reference", help="check every loss against the outputs of public reference implementations",
         description="For every case of a loss-vector file: compute our loss on the case's inputs with its "
@@ -135,6 +155,22 @@ def cmd_models(args) -> int:
     from benchmark.listing import print_models
 
     return print_models(args.names, tuple(args.size), args.num_classes)
+
+
+def cmd_convert_checkpoint(args) -> int:
+    from benchmark.convert import convert_checkpoint, describe_weights
+    from benchmark.engine.checkpoint import CheckpointError
+    from benchmark.registry import UnknownNameError
+
+    if args.out.resolve() == args.source.resolve():
+        raise SuiteError(f"--out {args.out}: would overwrite the source checkpoint; choose another file")
+    try:
+        conversion = convert_checkpoint(args.source, args.format, args.model, args.num_classes, args.out)
+    except (CheckpointError, UnknownNameError) as error:
+        raise SuiteError(str(error)) from None
+    print(describe_weights(conversion.summary()))
+    print(f"wrote {args.out} ({args.model}, {args.num_classes} classes; load with checkpoint_format: ours)")
+    return 0
 
 
 def cmd_check_reference(args) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from benchmark.convert import convert_file, describe_weights, load_weights
 from benchmark.cost import FLOPS_CONVENTION, count_flops
 from benchmark.data.base import DatasetError
 from benchmark.engine import distributed
@@ -94,10 +95,18 @@ def preflight(plan: Plan) -> None:
     for part in plan.parts:
         suite = part.suite
         num_classes = DATASETS.get(suite.dataset.name).num_classes
-        for label, teacher in suite.teachers.items():
-            if teacher.checkpoint and not _root(teacher.checkpoint).is_file():
-                raise PreflightError(f"{plan.suite_file.path}: teachers.{label}.checkpoint: no such file "
-                                     f"{teacher.checkpoint}")
+        weights = [(f"teachers.{label}", teacher) for label, teacher in suite.teachers.items()]
+        weights += [(f"students[{index}]", student) for index, student in enumerate(suite.students)]
+        for where, ref in weights:
+            if ref.checkpoint and not _root(ref.checkpoint).is_file():
+                raise PreflightError(f"{plan.suite_file.path}: {where}.checkpoint: no such file {ref.checkpoint}")
+            if ref.checkpoint and ref.checkpoint_format != "ours":
+                # Converting reads the file once more, but a file that cannot be converted stops the suite here.
+                try:
+                    convert_file(_root(ref.checkpoint), ref.checkpoint_format,
+                                 _built_model(ref.model, tuple(sorted(ref.options.items())), num_classes), ref.model)
+                except CheckpointError as error:
+                    raise PreflightError(f"{plan.suite_file.path}: {where}.checkpoint: {error}") from None
         for s_index, student_cfg in enumerate(suite.students):
             student = _built_model(student_cfg.model, tuple(sorted(student_cfg.options.items())), num_classes)
             teacher_label = suite.teacher_for(student_cfg)
@@ -205,6 +214,8 @@ class Runner:
     def __init__(self, plan: Plan, device: torch.device, echo=print):
         self.plan, self.device, self.echo = plan, device, echo
         self.teachers: dict[str, SegmentationModel] = {}
+        #: What each teacher loaded from a checkpoint file (``convert.load_weights``), for the runs' logs and records.
+        self.teacher_checkpoints: dict[str, dict[str, Any]] = {}
         self._flops: dict[tuple, int] = {}
 
     def teacher(self, spec: TeacherSpec, suite: Suite) -> SegmentationModel:
@@ -215,10 +226,9 @@ class Runner:
         model = MODELS.get(config.model)(num_classes, **config.options)
         if spec.checkpoint:
             path = _root(spec.checkpoint)
-            state = load_checkpoint(path)
-            state = state["model"] if isinstance(state.get("model"), dict) else state
-            load_state_strict(model, state, path, f"teacher {config.model}")
-            self.echo(f"teacher {spec.label} ({config.model}): loaded {path}")
+            loaded = load_weights(model, path, config.checkpoint_format, f"teacher {config.model}")
+            self.teacher_checkpoints[spec.key] = loaded
+            self.echo(f"teacher {spec.label} ({config.model}): {describe_weights(loaded)}")
         else:
             folder = self.plan.store.teacher(spec.key)
             if not folder.done:
@@ -278,12 +288,15 @@ class Runner:
                            model_options=run.config["student"]["options"], seed=run.seed,
                            methods=run.config["method"]["components"], teacher=teacher, runtime=run.runtime,
                            qualitative=self.qualitative(part.suite),
-                           board_name=folder_name(run.suite, run.student, run.method_label, f"seed{run.seed}"))
+                           board_name=folder_name(run.suite, run.student, run.method_label, f"seed{run.seed}"),
+                           initial_weights=run.student_checkpoint)
             meta = {"role": "student", "suite": run.suite, "table": run.table, "dataset": part.suite.dataset.name,
                     "student": run.student, "method": run.method_label,
                     "method_components": run.config["method"]["components"], "seed": run.seed,
                     "teacher": part.suite.teachers[run.teacher.label].model if run.teacher else None,
                     "teacher_key": run.teacher.key if run.teacher else None}
+            if run.teacher and run.teacher.key in self.teacher_checkpoints:
+                meta["teacher_checkpoint"] = self.teacher_checkpoints[run.teacher.key]
             outcome = self._train(folder, job, meta, run.config, part.suite)
             counts[outcome] += 1
         return counts
@@ -309,6 +322,8 @@ class Runner:
             folder.prepare(config)
             folder.set_status("running")
         log = run_logger(folder.log_path, folder.path.name)
+        if "teacher_checkpoint" in meta:
+            log.info("teacher %s: %s", meta["teacher"], describe_weights(meta["teacher_checkpoint"]))
         try:
             result = run_training(job, self.device, log)
             student = result.pop("student_model")

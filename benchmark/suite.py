@@ -68,6 +68,7 @@ class DatasetConfig(Strict):
     #: Evaluation size: None = full resolution, an int = short side, [h, w] = exact.
     eval_size: StrictInt | tuple[StrictInt, StrictInt] | None = None
     absent_class_policy: Literal["nan_excluded", "zero_included"] = "nan_excluded"
+    normalization: Literal["imagenet", "bgr_mean"] = "imagenet"
 
     @field_validator("name")
     @classmethod
@@ -227,15 +228,30 @@ class ModelRef(Strict):
         return self
 
 
-class TeacherConfig(ModelRef):
-    #: Load these weights (strictly) instead of training the teacher here.
+CheckpointFormat = Literal["ours", "cirkd", "deeplab_xception"]
+
+
+class WeightsRef(ModelRef):
+    #: Weights loaded strictly into the model: a teacher's instead of training it here, a student's initial weights.
     checkpoint: str | None = None
+    #: How the file names its tensors: ``ours`` (this harness's), or an authors' release converted on load
+    #: (``cirkd``, ``deeplab_xception``; see ``benchmark/convert.py``), which also fixes ``dataset.normalization``.
+    checkpoint_format: CheckpointFormat = "ours"
+
+    @model_validator(mode="after")
+    def _format_needs_file(self):
+        if self.checkpoint_format != "ours" and not self.checkpoint:
+            raise ValueError(f"checkpoint_format {self.checkpoint_format!r} is given without a `checkpoint` file")
+        return self
+
+
+class TeacherConfig(WeightsRef):
     #: Overrides of the suite's schedule for training the teacher.
     schedule: dict[str, Any] = Field(default_factory=dict)
     seed: StrictInt = 0
 
 
-class StudentConfig(ModelRef):
+class StudentConfig(WeightsRef):
     #: Which of the suite's teachers distils into this student (default: the only one).
     teacher: str | None = None
 
@@ -407,7 +423,22 @@ class Suite(Strict):
         for key, teacher in self.teachers.items():
             if teacher.schedule:
                 self.teacher_schedule(key)
+        self._check_checkpoint_preprocessing()
         return self
+
+    def _check_checkpoint_preprocessing(self) -> None:
+        """An authors' checkpoint is only right with the input preprocessing its code trained it with."""
+        from benchmark.convert import FORMAT_NORMALIZATION
+
+        refs = [(f"teachers.{key}", teacher) for key, teacher in self.teachers.items()]
+        refs += [(f"students[{index}]", student) for index, student in enumerate(self.students)]
+        for where, ref in refs:
+            needed = FORMAT_NORMALIZATION.get(ref.checkpoint_format)
+            if needed is not None and self.dataset.normalization != needed:
+                raise ValueError(
+                    f"{where}.checkpoint_format {ref.checkpoint_format!r} needs dataset.normalization: {needed} "
+                    f"({_NORMALIZATION_MEANING[needed]}), the input its authors' code trained it on; this suite has "
+                    f"dataset.normalization: {self.dataset.normalization}. Set `dataset.normalization: {needed}`.")
 
     def teacher_for(self, student: StudentConfig) -> str | None:
         if student.teacher is not None:
@@ -426,6 +457,9 @@ class Suite(Strict):
 
 
 # --- run specs -------------------------------------------------------------------------------------
+
+
+_NORMALIZATION_MEANING = {"bgr_mean": "BGR 0-255 minus the mean, no std", "imagenet": "RGB, ImageNet mean and std"}
 
 
 @dataclass(frozen=True)
@@ -448,6 +482,8 @@ class RunSpec:
     teacher: TeacherSpec | None
     dataset_root: str | None
     runtime: dict[str, Any] = field(default_factory=dict)
+    #: The student's initial weights: ``{"path", "format"}`` (None: the builder's own initialisation).
+    student_checkpoint: dict[str, str] | None = None
 
     @property
     def needs_teacher(self) -> bool:
@@ -476,21 +512,28 @@ def expand(suite: Suite) -> tuple[list[RunSpec], dict[str, TeacherSpec]]:
         config = {"dataset": dataset_in_key, "model": teacher.model, "model_options": _jsonable(teacher.options),
                   "seed": teacher.seed}
         if teacher.checkpoint:
-            path = os.path.expanduser(os.path.expandvars(teacher.checkpoint))
-            config["checkpoint_sha256"] = file_digest(path) if os.path.isfile(path) else f"missing:{path}"
+            config["checkpoint_sha256"] = _checkpoint_digest(teacher.checkpoint)
+            if teacher.checkpoint_format != "ours":  # only then, so keys of existing teachers stay as they were
+                config["checkpoint_format"] = teacher.checkpoint_format
         else:
             config["schedule"] = suite.teacher_schedule(label).model_dump()
         teachers[label] = TeacherSpec(key="teacher-" + config_key(config), label=label, config=config,
                                       checkpoint=teacher.checkpoint)
     runs = []
     for student in suite.students:
+        student_config: dict[str, Any] = {"name": student.model, "options": _jsonable(student.options)}
+        initial = None
+        if student.checkpoint:  # the initial weights change the result: in the key by content and format
+            student_config["checkpoint"] = {"sha256": _checkpoint_digest(student.checkpoint),
+                                            "format": student.checkpoint_format}
+            initial = {"path": student.checkpoint, "format": student.checkpoint_format}
         for method in suite.methods:
             teacher = teachers[suite.teacher_for(student)] if method.needs_teacher else None
             for seed in suite.seeds:
                 config = {
                     "dataset": dataset_in_key,
                     "schedule": suite.schedule.model_dump(),
-                    "student": {"name": student.model, "options": _jsonable(student.options)},
+                    "student": copy.deepcopy(student_config),
                     "teacher": teacher.key if teacher else None,
                     "method": {"label": method.row_label,
                                "components": [{"name": c.name, "key": c.component_key,
@@ -500,8 +543,13 @@ def expand(suite: Suite) -> tuple[list[RunSpec], dict[str, TeacherSpec]]:
                 runs.append(RunSpec(key=config_key(config), suite=suite.name, table=suite.title,
                                     student=student.model, method_label=method.row_label, seed=seed, config=config,
                                     teacher=teacher, dataset_root=suite.dataset.root,
-                                    runtime=suite.runtime.model_dump()))
+                                    runtime=suite.runtime.model_dump(), student_checkpoint=initial))
     return runs, teachers
+
+
+def _checkpoint_digest(checkpoint: str) -> str:
+    path = os.path.expanduser(os.path.expandvars(checkpoint))
+    return file_digest(path) if os.path.isfile(path) else f"missing:{path}"
 
 
 # --- loading ---------------------------------------------------------------------------------------

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.layers import convert_sync_batchnorm
 from torch import nn
 from tqdm import tqdm
 
+from benchmark.convert import describe_weights, load_weights
 from benchmark.data.transforms import EvalTransform, TrainTransform
 from benchmark.engine import distributed
 from benchmark.engine.board import RunBoard, folder_name
@@ -61,6 +63,7 @@ class TrainJob:
     save_weights: bool = False  # teachers keep their final weights for the runs that use them
     board_name: str = ""  # the run's TensorBoard folder under tb/ (default: from `name`)
     qualitative: QualitativePlan | None = None  # prediction PNGs after training (None: none)
+    initial_weights: dict[str, str] | None = None  # {"path", "format"}: the student starts from this file
 
 
 def seed_everything(seed: int) -> None:
@@ -196,9 +199,15 @@ def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: 
 
     seed_everything(job.seed)
     student = MODELS.get(job.model_name)(spec.num_classes, **job.model_options)
+    initial = None
+    if job.initial_weights:
+        initial = load_weights(student, Path(job.initial_weights["path"]).expanduser(), job.initial_weights["format"],
+                               "the student's initial weights")
+        log.info("%s: initial weights %s", job.name, describe_weights(initial))
     if distributed.initialized() and device.type == "cuda":
-        # Batch statistics over the global batch, as the papers' multi-GPU runs compute them (CUDA only).
-        student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        # Batch statistics over the global batch, as the papers' multi-GPU runs compute them (CUDA only). timm's
+        # conversion keeps the activation inside BatchNormAct2d (MobileNetV2's ReLU6); torch's would drop it.
+        student = convert_sync_batchnorm(student)
     student = student.to(device)
     teacher = job.teacher
     method = build_method(job.methods, student, teacher).to(device)
@@ -392,5 +401,6 @@ def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: 
             "world_size": world,
         },
         "method_params": sum(p.numel() for p in method.student_optimizer_parameters()),
+        **({"student_checkpoint": initial} if initial else {}),
         "student_model": student,
     }
