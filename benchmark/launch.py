@@ -327,6 +327,8 @@ def run_local(suite_file: SuiteFile, overrides: list[str], results_root: str | P
     slots = device_slots(workers, gpus_per_run, visible_gpus(), cores)
     tasks = max(1, gpus_per_run)
     threads = max(1, cores // (len(slots) * tasks))
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # a cap the user set for this machine is kept
+        threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
     limits = {part.suite.resources.time for part in plan.parts} - {None}
     timeout_min = max(limits) if limits else LOCAL_TIMEOUT_MIN
     folder = _submitit_folder(plan.store)
@@ -501,32 +503,36 @@ def submit_slurm(suite_file: SuiteFile, overrides: list[str], results_root: str 
         holder = folder.holder()
         return (holder.get("slurm_job_id") or f"pid {holder['pid']} on {holder['host']}") if holder else None
 
+    # Every time limit is settled before the first sbatch: a suite that cannot be submitted submits nothing.
     teacher_jobs: dict[str, str | None] = {}
-    submitted = already = 0
+    to_submit: list[tuple[Job, int]] = []
     for job in teachers:
         running = live_job(job)
-        if running is not None:
-            # Depend on the Slurm job that has it; a process outside Slurm holding it is waited for by the runs.
-            teacher_jobs[job.key] = running if running[0].isdigit() else None
-            echo(f"{job.label}: already queued or training ({running})")
+        if running is None:
+            to_submit.append((job, _time_limit(plan, [job], "teacher")))
             continue
-        executor = _slurm_executor(plan, job.resources, _time_limit(plan, [job], "teacher"),
-                                   f"segkd-{suite_file.name}-teacher")
-        handle = executor.submit(RunJob(), *_job_args(suite_file, overrides, results_root, job, commit))
-        book.add(job.key, handle, "slurm", "teacher", commit)
-        teacher_jobs[job.key] = handle.job_id
-        submitted += 1
-        echo(f"{job.label}: submitted as job {handle.job_id}")
+        # Depend on the Slurm job that has it; a process outside Slurm holding it is waited for by the runs.
+        teacher_jobs[job.key] = running if running[0].isdigit() else None
+        echo(f"{job.label}: already queued or training ({running})")
     groups: dict[tuple, list[Job]] = defaultdict(list)
+    already = 0
     for job in students:
         if live_job(job) is not None:
             already += 1
             continue
-        dependency = teacher_jobs.get(job.teacher_key) if job.teacher_key else None
-        groups[(dependency, json.dumps(job.resources.model_dump(), sort_keys=True))].append(job)
-    for (dependency, _), group in groups.items():
-        executor = _slurm_executor(plan, group[0].resources, _time_limit(plan, group, "student"),
-                                   f"segkd-{suite_file.name}", dependency)
+        groups[(job.teacher_key, json.dumps(job.resources.model_dump(), sort_keys=True))].append(job)
+    arrays = [(teacher_key, group, _time_limit(plan, group, "student")) for (teacher_key, _), group in groups.items()]
+
+    for job, time_min in to_submit:
+        executor = _slurm_executor(plan, job.resources, time_min, f"segkd-{suite_file.name}-teacher")
+        handle = executor.submit(RunJob(), *_job_args(suite_file, overrides, results_root, job, commit))
+        book.add(job.key, handle, "slurm", "teacher", commit)
+        teacher_jobs[job.key] = handle.job_id
+        echo(f"{job.label}: submitted as job {handle.job_id}")
+    submitted = len(to_submit)
+    for teacher_key, group, time_min in arrays:
+        dependency = teacher_jobs.get(teacher_key) if teacher_key else None
+        executor = _slurm_executor(plan, group[0].resources, time_min, f"segkd-{suite_file.name}", dependency)
         with executor.batch():
             handles = [executor.submit(RunJob(), *_job_args(suite_file, overrides, results_root, job, commit))
                        for job in group]

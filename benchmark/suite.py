@@ -186,42 +186,29 @@ class RuntimeConfig(Strict):
 
 class ResourcesConfig(Strict):
     """What one run's job needs from a cluster (``run --executor slurm``) or a device pool (``--executor
-    local``). How to run, not what: never part of a run key. Times are minutes; ``plan --profile`` suggests one."""
+    local``). How to run, not what: never part of a run key. Times are minutes; ``plan`` suggests one from
+    measured step times."""
 
-    #: GPUs per run; a run on several runs as that many processes (one per GPU), on CPU as that many processes.
-    gpus: StrictInt = 1
+    #: GPUs per run; a run given several trains as that many processes, one per GPU (on CPU: processes).
+    gpus: StrictInt = Field(1, ge=0)
     #: Time limit of a student's job; a job past it is requeued and resumes from its checkpoint.
-    time: StrictInt | None = None
+    time: StrictInt | None = Field(None, gt=0)
     #: Time limit of a teacher's job (default: ``time``).
-    teacher_time: StrictInt | None = None
+    teacher_time: StrictInt | None = Field(None, gt=0)
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    #: CPUs per process (data loading workers + 1 is a good start).
-    cpus: StrictInt | None = None
+    #: CPUs per process (data-loading workers + 1 is a good start).
+    cpus: StrictInt | None = Field(None, gt=0)
     #: Memory per node in GB.
-    mem_gb: float | None = None
+    mem_gb: float | None = Field(None, gt=0)
     #: Shell lines run before a job starts (``module load ...``, ``source venv/bin/activate``).
     setup: list[str] = Field(default_factory=list)
     #: At most this many jobs of one array run at once (the cluster's fair share).
-    array_parallelism: StrictInt | None = None
+    array_parallelism: StrictInt | None = Field(None, gt=0)
     #: How often a job may be requeued after reaching its time limit (preemptions do not count).
-    max_timeouts: StrictInt = 10
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.gpus < 0:
-            raise ValueError(f"gpus must be >= 0 (0: a CPU job), got {self.gpus}")
-        for key in ("time", "teacher_time", "cpus", "array_parallelism"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ValueError(f"{key} must be > 0, got {value}")
-        if self.mem_gb is not None and self.mem_gb <= 0:
-            raise ValueError(f"mem_gb must be > 0, got {self.mem_gb}")
-        if self.max_timeouts < 0:
-            raise ValueError(f"max_timeouts must be >= 0, got {self.max_timeouts}")
-        return self
+    max_timeouts: StrictInt = Field(10, ge=0)
 
 
 def _check_model_options(name: str, options: dict[str, Any]) -> None:
