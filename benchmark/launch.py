@@ -53,6 +53,7 @@ from benchmark.runner import (
     Part,
     Plan,
     Runner,
+    _silent,
     environment,
     make_plan,
     preflight,
@@ -62,7 +63,6 @@ from benchmark.runner import (
 from benchmark.store import ResultStore, atomic_write_json
 from benchmark.suite import ResourcesConfig, SuiteError, SuiteFile, load_suite
 
-EXECUTORS = ("inline", "local", "slurm")
 #: Seconds between the requeue signal and the time limit: enough to finish a step and exit.
 SIGNAL_DELAY_S = 120
 #: A local job without a time limit in its suite: long enough never to stop a run.
@@ -121,8 +121,12 @@ def _one_run_plan(plan: Plan, key: str) -> Plan:
     raise LaunchError(f"{plan.suite_file.path}: no run with key {key} (was the suite changed after submission?)")
 
 
-def _silent(message: str) -> None:
-    """Ranks other than 0 do not print."""
+def _teacher_of(plan: Plan, key: str):
+    for part in plan.parts:
+        for spec in part.teachers.values():
+            if spec.key == key:
+                return spec, part.suite
+    raise LaunchError(f"{plan.suite_file.path}: no teacher with key {key} (was the suite changed after submission?)")
 
 
 class RunJob(submitit.helpers.Checkpointable):
@@ -160,10 +164,7 @@ class RunJob(submitit.helpers.Checkpointable):
             echo(f"WARNING: {launch['warning']}")
         try:
             if role == "teacher":
-                runner = Runner(plan, device, echo, launch)
-                spec, suite = next((part.teachers[label], part.suite) for part in plan.parts
-                                   for label in part.teachers if part.teachers[label].key == key)
-                runner.teacher(spec, suite)
+                Runner(plan, device, echo, launch).teacher(*_teacher_of(plan, key))
                 return "trained"
             counts = Runner(_one_run_plan(plan, key), device, echo, launch).run_all()
         finally:

@@ -180,6 +180,12 @@ class _Heartbeat(threading.Thread):
         super().__init__(name=f"lock-heartbeat {path.parent.name}", daemon=True)
         self.path, self.token, self.stopped = path, token, threading.Event()
 
+    def stop(self) -> None:
+        """Stop beating, and wait for a beat in progress: it must not write the lock back after a release."""
+        self.stopped.set()
+        if self is not threading.current_thread() and self.is_alive():
+            self.join(timeout=30)
+
     def run(self) -> None:
         while not self.stopped.wait(heartbeat_interval_s()):
             info = read_lock(self.path)
@@ -217,9 +223,9 @@ def acquire(path: Path) -> str:
     heartbeat = _Heartbeat(path, info["token"])
     with _HEARTBEATS_LOCK:
         previous = _HEARTBEATS.pop(str(path), None)
-        if previous is not None:
-            previous.stopped.set()
         _HEARTBEATS[str(path)] = heartbeat
+    if previous is not None:
+        previous.stop()
     heartbeat.start()
     return info["token"]
 
@@ -229,8 +235,11 @@ def release(path: Path, token: str | None) -> None:
     with _HEARTBEATS_LOCK:
         heartbeat = _HEARTBEATS.get(str(path))
         if heartbeat is not None and heartbeat.token == token:
-            heartbeat.stopped.set()
             del _HEARTBEATS[str(path)]
+        else:
+            heartbeat = None
+    if heartbeat is not None:
+        heartbeat.stop()
     info = read_lock(path)
     if token is not None and info is not None and info.get("token") == token:
         path.unlink(missing_ok=True)

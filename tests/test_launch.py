@@ -272,12 +272,15 @@ def test_slurm_students_of_a_trained_teacher_depend_on_nothing(tmp_path, fake_sl
     assert main(["run", str(trained_once), "--results", str(tmp_path / "results"), "--reports",
                  str(tmp_path / "reports")]) == 0
     more_seeds = write_suite(tmp_path, {**MINI, "methods": [{"name": "kd"}], "seeds": [0, 1, 2]})
+    capsys.readouterr()
+    assert main(["plan", str(more_seeds), "--results", str(tmp_path / "results")]) == 0
+    # 6 iterations at the finished run's step time: 1.5x that + 10 minutes rounds up to 11.
+    assert "suggested job time limit: --set resources.time=11" in capsys.readouterr().out
     assert main(["run", str(more_seeds), "--results", str(tmp_path / "results"), "--reports",
-                 str(tmp_path / "reports"), "--executor", "slurm", "--set", "resources.time=30"]) == 0
+                 str(tmp_path / "reports"), "--executor", "slurm"]) == 0
     (script,) = _scripts(fake_slurm).values()
     assert "#SBATCH --array=0-1%2" in script and "--dependency" not in script and "kill-on-invalid-dep" not in script
-    assert "--gpus-per-node=1" in script and "--time=30" in script
-    capsys.readouterr()
+    assert "--gpus-per-node=1" in script and "#SBATCH --time=11" in script
 
 
 def test_slurm_without_a_time_limit_or_sbatch_stops_with_a_clear_message(tmp_path, fake_slurm, capsys, monkeypatch):
@@ -306,3 +309,26 @@ def test_resources_do_not_change_run_keys(tmp_path):
     keys = [[run.key for run in make_plan(load_suite(suite, overrides), tmp_path).runs]
             for overrides in ([], ["resources.time=600", "resources.gpus=4", "resources.partition=a100"])]
     assert keys[0] == keys[1]
+
+
+def test_a_process_told_to_stop_waits_in_no_barrier_and_leaves_its_run_to_resume(tmp_path, monkeypatch):
+    """submitit's requeue handler exits rank 0 with SystemExit while the other ranks still train: a barrier
+    on the way out would hang until the job is killed."""
+    import benchmark.runner
+    from benchmark.engine import distributed
+
+    barriers = []
+    monkeypatch.setattr(distributed, "barrier", lambda: barriers.append(1))
+
+    def stopped(*args, **kwargs):
+        raise SystemExit(-1)
+
+    monkeypatch.setattr(benchmark.runner, "run_training", stopped)
+    suite = write_suite(tmp_path, {**MINI, "methods": [{"name": "none"}]})
+    with pytest.raises(SystemExit):
+        main(["run", str(suite), "--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")])
+    assert not barriers
+    (folder,) = (tmp_path / "results" / "mini" / "runs").iterdir()
+    assert not (folder / "lock").exists()
+    _, finished, (unfinished,) = load_records(tmp_path / "results" / "mini")
+    assert not finished and unfinished["status"] == "interrupted"
