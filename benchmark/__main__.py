@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "never trained again or overwritten.")
     _suite_arguments(run)
     run.add_argument("--reports", default="reports", help="reports root folder (default: reports)")
-    run.add_argument("--executor", choices=["inline", "local", "slurm"], default="inline",
-                     help="inline: one run after another in this process (default); local: a pool of this "
+    run.add_argument("--executor", choices=["inline", "local", "slurm"], default=None,
+                     help="inline: one run after another in this process (the default, except after a Slurm "
+                          "submission of the suite: then the report of what has finished); local: a pool of this "
                           "machine's devices, one run per GPU (on CPU one single-thread process per core); slurm: "
                           "submit teachers, then their students as job arrays depending on them, and return")
     run.add_argument("--workers", type=int, default=None, metavar="N",

@@ -549,9 +549,11 @@ def submit_slurm(suite_file: SuiteFile, overrides: list[str], results_root: str 
     return _render(plan, reports_root)
 
 
-def run_with_executor(executor: str, suite_file: SuiteFile, overrides: list[str], results_root: str | Path,
-                      reports_root: str | Path, workers: int | None) -> Path | None:
-    if executor != "local" and workers is not None:
+def run_with_executor(executor: str | None, suite_file: SuiteFile, overrides: list[str], results_root: str | Path,
+                      reports_root: str | Path, workers: int | None, echo=print) -> Path | None:
+    """``run``: ``executor`` None is inline, except after a Slurm submission of the same suite and results, where
+    it renders the report from what has finished instead of training the queued runs here."""
+    if executor not in ("local", None) and workers is not None:
         raise LaunchError(f"--workers is for --executor local (got --executor {executor})")
     if workers is not None and workers < 1:
         raise LaunchError(f"--workers must be >= 1, got {workers}")
@@ -559,6 +561,18 @@ def run_with_executor(executor: str, suite_file: SuiteFile, overrides: list[str]
         return run_local(suite_file, overrides, results_root, reports_root, workers)
     if executor == "slurm":
         return submit_slurm(suite_file, overrides, results_root, reports_root)
+    if executor is None and workers is None:
+        plan = make_plan(suite_file, results_root)
+        unfinished = [run.key for run in plan.runs if not plan.run_folder(run).done]
+        on_slurm = [key for key, entry in latest_jobs(plan.store, unfinished).items() if entry["executor"] == "slurm"]
+        if on_slurm:
+            echo(f"{suite_file.name}: {len(plan.runs) - len(unfinished)} of {len(plan.runs)} runs finished; "
+                 f"{len(on_slurm)} unfinished run(s) were submitted to Slurm ({plan.store.jobs_path}), so nothing is "
+                 "trained here: `--executor slurm` submits what is missing, `--executor inline` trains here, "
+                 f"`python -m benchmark status {suite_file.path}` shows each run's job")
+            return _render(plan, reports_root)
+    if workers is not None:
+        raise LaunchError("--workers is for --executor local")
     from benchmark.runner import run_suite
 
     return run_suite(suite_file, results_root, reports_root)

@@ -245,6 +245,12 @@ def test_slurm_submission_holds_a_teacher_job_and_student_arrays_after_it(tmp_pa
         assert job["depends_on"] == ("41" if method == "kd" else None)
     assert "submitted as job 41" in out and "report:" in out
 
+    # A plain `run` after the submission trains nothing here: it renders the report of what has finished.
+    assert main(["run", str(suite), "--results", str(results), "--reports", str(tmp_path / "reports")]) == 0
+    out = capsys.readouterr().out
+    assert "0 of 4 runs finished; 4 unfinished run(s) were submitted to Slurm" in out and "report:" in out
+    assert not list((results / "mini" / "runs").glob("*/train.log"))
+
     # Pending jobs are queued, not submitted again; status shows each with its job and the way to resume.
     (fake_slurm / "sacct.txt").write_text("41|RUNNING|node7\n42_[0-1]|PENDING|\n43_[0-1]|PENDING|\n")
     assert main(args) == 0
