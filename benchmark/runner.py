@@ -4,6 +4,10 @@ Everything that can be checked before training is checked first (datasets on dis
 every method built with its hyperparameters on its models), so a bad suite stops before the first step
 with a message naming the file and key. Then teachers are trained or loaded once, each run is trained
 (or skipped when done, or resumed from its checkpoint), and a failed run is recorded and the suite goes on.
+Several processes, on one host or many, may run one suite into one results folder: each run folder is
+trained by the process holding its lock, and a teacher another process is training is waited for (the
+runs that need it go last), never recorded as a failure. Executors for a device pool or Slurm:
+:mod:`benchmark.launch`.
 """
 
 from __future__ import annotations

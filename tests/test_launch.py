@@ -338,3 +338,32 @@ def test_a_process_told_to_stop_waits_in_no_barrier_and_leaves_its_run_to_resume
     assert not (folder / "lock").exists()
     _, finished, (unfinished,) = load_records(tmp_path / "results" / "mini")
     assert not finished and unfinished["status"] == "interrupted"
+
+
+def test_a_run_on_two_devices_is_one_job_of_two_tasks_with_ranks_from_the_job(tmp_path, capsys):
+    """resources.gpus: 2 makes one job of two tasks; on CPU they join a gloo group through submitit's
+    TorchDistributedEnvironment (MASTER_ADDR the job's host, MASTER_PORT seeded by the job id)."""
+    suite = write_suite(tmp_path, {**MINI, "methods": [{"name": "none"}], "schedule": {**MINI["schedule"],
+                                                                                        "batch_size": 2}})
+    assert main(["run", str(suite), "--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports"),
+                 "--executor", "local", "--workers", "1", "--set", "resources.gpus=2"]) == 0
+    assert "2 process(es) per run" in capsys.readouterr().out
+    _, (record,), unfinished = load_records(tmp_path / "results" / "mini")
+    assert not unfinished and record["timing"]["world_size"] == 2 and record["launch"]["tasks"] == 2
+    logs = sorted((tmp_path / "results" / "mini" / ".submitit").rglob("*_log.out"))
+    assert len(logs) == 2 and "global_rank=1(2)" in logs[1].read_text()
+
+
+def test_one_visible_gpu_is_cuda_0_whatever_the_local_rank(monkeypatch):
+    import torch
+
+    from benchmark.engine import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert distributed.setup() == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert distributed.setup() == torch.device("cuda", 3)
