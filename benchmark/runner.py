@@ -348,8 +348,12 @@ class Runner:
             if folder.done:  # finished by another process after this one looked
                 folder.release()
                 return "done_elsewhere"
-            folder.prepare(config)
-            folder.set_status("running")
+            try:
+                folder.prepare(config)
+                folder.set_status("running")
+            except BaseException:
+                folder.release()
+                raise
             return "claimed"
 
         claimed = _shared(claim)
