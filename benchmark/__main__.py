@@ -1,4 +1,4 @@
-"""``python -m benchmark``: run, report, plan, list, models, data, convert-checkpoint, check-reference.
+"""``python -m benchmark``: run, status, report, plan, list, models, data, convert-checkpoint, check-reference.
 
 Exit codes: 0 success; 1 a check found problems (a failed reference case, a dataset with problems, a
 suite with failed runs); 2 bad input (a malformed suite, a missing file), reported in one message with
@@ -15,6 +15,9 @@ from benchmark.suite import SuiteError, load_suite
 
 EXAMPLES = """examples:
   python -m benchmark run suites/smoke.yaml
+  python -m benchmark run suites/paper_tables.yaml --executor local          # one run per GPU of this machine
+  python -m benchmark run suites/paper_tables.yaml --executor slurm --set resources.partition=gpu
+  python -m benchmark status suites/paper_tables.yaml
   python -m benchmark plan suites/paper_tables.yaml
   python -m benchmark report results/smoke
   python -m benchmark list
@@ -41,7 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "never trained again or overwritten.")
     _suite_arguments(run)
     run.add_argument("--reports", default="reports", help="reports root folder (default: reports)")
+    run.add_argument("--executor", choices=["inline", "local", "slurm"], default=None,
+                     help="inline: one run after another in this process (the default, except after a Slurm "
+                          "submission of the suite: then the report of what has finished); local: a pool of this "
+                          "machine's devices, one run per GPU (on CPU one single-thread process per core); slurm: "
+                          "submit teachers, then their students as job arrays depending on them, and return")
+    run.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="--executor local: N runs at a time (default: the visible GPUs / resources.gpus, or the "
+                          "CPU cores)")
     run.set_defaults(func=cmd_run)
+
+    status = commands.add_parser(
+        "status", help="every run and teacher of a suite: done, running where, queued, interrupted, failed",
+        description="Read RESULTS/<suite>/ (and jobs.json, sacct for Slurm jobs) and print each teacher and run "
+                    "with its state: done, running (host, pid, job, since when), queued (job id), interrupted, "
+                    "failed (reason), pending; then the command that resumes the suite.")
+    _suite_arguments(status)
+    status.set_defaults(func=cmd_status)
 
     plan = commands.add_parser(
         "plan", help="print the expanded grid of a suite: runs, which are done, which teachers are needed",
@@ -117,13 +136,19 @@ def _suite_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args) -> int:
-    from benchmark.runner import run_suite
+    from benchmark.launch import run_with_executor
 
     suite_file = load_suite(args.suite, args.overrides)
-    report = run_suite(suite_file, args.results, args.reports)
+    report = run_with_executor(args.executor, suite_file, args.overrides, args.results, args.reports, args.workers)
     if report is not None:
         print(f"report: {report}")
     return 0
+
+
+def cmd_status(args) -> int:
+    from benchmark.status import print_status
+
+    return print_status(load_suite(args.suite, args.overrides), args.overrides, args.results)
 
 
 def cmd_plan(args) -> int:

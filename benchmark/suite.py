@@ -208,6 +208,33 @@ class ReportConfig(Strict):
         return side
 
 
+class ResourcesConfig(Strict):
+    """What one run's job needs from a cluster (``run --executor slurm``) or a device pool (``--executor
+    local``). How to run, not what: never part of a run key. Times are minutes; ``plan`` suggests one from
+    measured step times."""
+
+    #: GPUs per run; a run given several trains as that many processes, one per GPU (on CPU: processes).
+    gpus: StrictInt = Field(1, ge=0)
+    #: Time limit of a student's job; a job past it is requeued and resumes from its checkpoint.
+    time: StrictInt | None = Field(None, gt=0)
+    #: Time limit of a teacher's job (default: ``time``).
+    teacher_time: StrictInt | None = Field(None, gt=0)
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    #: CPUs per process (data-loading workers + 1 is a good start).
+    cpus: StrictInt | None = Field(None, gt=0)
+    #: Memory per node in GB.
+    mem_gb: float | None = Field(None, gt=0)
+    #: Shell lines run before a job starts (``module load ...``, ``source venv/bin/activate``).
+    setup: list[str] = Field(default_factory=list)
+    #: At most this many jobs of one array run at once (the cluster's fair share).
+    array_parallelism: StrictInt | None = Field(None, gt=0)
+    #: How often a job may be requeued after reaching its time limit (preemptions do not count).
+    max_timeouts: StrictInt = Field(10, ge=0)
+
+
 def _check_model_options(name: str, options: dict[str, Any]) -> None:
     builder = _lookup(MODELS, name)
     parameters = inspect.signature(builder).parameters
@@ -392,6 +419,7 @@ class Suite(Strict):
     claims: list[Claim] = Field(default_factory=list)
     runtime: RuntimeConfig = RuntimeConfig()
     report: ReportConfig = ReportConfig()
+    resources: ResourcesConfig = ResourcesConfig()
 
     @field_validator("name")
     @classmethod
