@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,9 @@ def test_a_resumed_board_appends_and_hides_what_an_interrupted_attempt_logged_pa
         board.start(0)
         for step in (1, 2, 3, 4):
             board.training(step, {"total": float(step)}, optimizer)
+    # TensorBoard orders event files by name: second, host, pid, then a per-process counter that sorts as text
+    # (".10" before ".9"). A real resume is a later process in a later second; so is this one.
+    time.sleep(1.01 - time.time() % 1)
     with RunBoard(tmp_path, "part/student/kd/seed0") as board:  # resumed from the checkpoint at iteration 2
         board.start(2)
         for step in (3, 4):
