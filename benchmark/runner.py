@@ -24,17 +24,14 @@ from benchmark.cost import FLOPS_CONVENTION, count_flops
 from benchmark.data.base import DatasetError
 from benchmark.engine import distributed
 from benchmark.engine.checkpoint import CheckpointError, load_checkpoint, load_state_strict
-from benchmark.engine.train import NonFiniteLossError, TrainJob, build_method, run_training
+from benchmark.engine.train import NonFiniteLossError, TrainJob, run_training
 from benchmark.models.base import SegmentationModel, count_parameters, freeze
+from benchmark.preflight import PreflightError, check_pairings
 from benchmark.registry import DATASETS, MODELS
 from benchmark.store import ResultStore, RunFolder, RunLockedError
-from benchmark.suite import RunSpec, Suite, SuiteError, SuiteFile, TeacherSpec, expand
+from benchmark.suite import RunSpec, Suite, SuiteFile, TeacherSpec, expand
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-class PreflightError(SuiteError):
-    """A suite that validated but cannot run here (missing data, unreadable checkpoint, bad hyperparameter)."""
 
 
 @dataclass
@@ -90,30 +87,16 @@ def preflight(plan: Plan) -> None:
         raise PreflightError(f"{plan.suite_file.path}: dataset check failed before training:\n" + "\n".join(problems))
     for part in plan.parts:
         suite = part.suite
-        num_classes = DATASETS.get(suite.dataset.name).num_classes
         for label, teacher in suite.teachers.items():
             if teacher.checkpoint and not _root(teacher.checkpoint).is_file():
                 raise PreflightError(f"{plan.suite_file.path}: teachers.{label}.checkpoint: no such file "
                                      f"{teacher.checkpoint}")
-        for s_index, student_cfg in enumerate(suite.students):
-            student = _built_model(student_cfg.model, tuple(sorted(student_cfg.options.items())), num_classes)
-            teacher_label = suite.teacher_for(student_cfg)
-            teacher = None
-            if teacher_label is not None:
-                teacher_cfg = suite.teachers[teacher_label]
-                teacher = _built_model(teacher_cfg.model, tuple(sorted(teacher_cfg.options.items())), num_classes)
-            for m_index, method in enumerate(suite.methods):
-                if method.needs_teacher and teacher is None:
-                    raise PreflightError(f"{plan.suite_file.path}: methods[{m_index}] needs a teacher for "
-                                         f"students[{s_index}]")
-                try:
-                    built = build_method([{"name": c.name, "key": c.component_key, "hparams": c.resolved_hparams()}
-                                          for c in method.parts()],
-                                         student, teacher)
-                except (ValueError, KeyError, TypeError) as error:
-                    raise PreflightError(f"{plan.suite_file.path}: methods[{m_index}] ({method.row_label}) on "
-                                         f"{student_cfg.model}: {error}") from None
-                del built
+        check_pairings(plan.suite_file.path, suite, _weighted_model)
+
+
+def _weighted_model(name: str, options: dict[str, Any], num_classes: int) -> SegmentationModel:
+    """The model as it will train (its ImageNet weights loaded), built once per (name, options) per process."""
+    return _built_model(name, tuple(sorted(options.items())), num_classes)
 
 
 @functools.lru_cache(maxsize=16)
@@ -163,6 +146,7 @@ def suite_record(plan: Plan) -> dict[str, Any]:
             "seeds": list(suite.seeds),
             "claims": [c.model_dump() for c in suite.claims],
             "run_keys": [r.key for r in part.runs],
+            "protocol": suite.protocol_record(),
         })
     return {"name": plan.suite_file.name, "description": plan.suite_file.description,
             "path": str(plan.suite_file.path), "parts": parts}
