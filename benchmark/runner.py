@@ -188,7 +188,8 @@ class Runner:
             folder = self.plan.store.teacher(spec.key)
             if not folder.done:
                 self.echo(f"teacher {spec.label} ({config.model}): training (once; every run that names it shares it)")
-                job = TrainJob(name=f"teacher {config.model}", folder=folder.path, dataset=suite.dataset.resolved(),
+                job = TrainJob(name=f"teacher {config.model}", folder=folder.path,
+                               dataset=suite.teacher_dataset(spec.label).resolved(),
                                dataset_root=suite.dataset.root, schedule=suite.teacher_schedule(spec.label),
                                model_name=config.model, model_options=config.options, seed=config.seed,
                                methods=[{"name": "none", "hparams": {}}], runtime=suite.runtime.model_dump(),

@@ -261,7 +261,19 @@ class TeacherConfig(ModelRef):
     checkpoint: str | None = None
     #: Overrides of the suite's schedule for training the teacher.
     schedule: dict[str, Any] = Field(default_factory=dict)
+    #: Overrides of the suite's dataset keys for training the teacher (its training split, say: the
+    #: pytorch-deeplab-xception teacher trains on train_aug, AttnFD's students on VOC train); never name or root.
+    dataset: dict[str, Any] = Field(default_factory=dict)
     seed: StrictInt = 0
+
+    @field_validator("dataset")
+    @classmethod
+    def _same_dataset(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        fixed = sorted({"name", "root"} & set(overrides))
+        if fixed:
+            raise ValueError(f"dataset overrides of a teacher may not change {fixed}: a teacher trains on its suite's "
+                             f"dataset")
+        return overrides
 
 
 class StudentConfig(ModelRef):
@@ -400,7 +412,7 @@ class ProtocolFact(Strict):
     what runs. Facts without a setting are the ones no suite key expresses (a method's variant, the teacher's mode).
     """
 
-    value: StrictBool | StrictInt | float | str | list[Any]
+    value: StrictBool | StrictInt | float | str | list[Any] | None
     source: str
     setting: str | None = None
     #: What the paper's text says, where it differs from the code.
@@ -478,6 +490,11 @@ class Suite(Strict):
         for key, teacher in self.teachers.items():
             if teacher.schedule:
                 self.teacher_schedule(key)
+            if teacher.dataset:
+                self.teacher_dataset(key)
+        if self.protocol and self.table and self.table.protocol and self.table.protocol != self.protocol.name:
+            raise ValueError(f"table.protocol {self.table.protocol!r} is not the suite's protocol card "
+                             f"{self.protocol.name!r} (from its recipe); name the card")
         self.protocol_deviations()  # raises on a setting that names no key
         return self
 
@@ -486,7 +503,8 @@ class Suite(Strict):
         return _jsonable({
             "dataset": {k: v for k, v in self.dataset.resolved().items() if k != "root"},
             "schedule": self.schedule.model_dump(),
-            "teachers": {key: {**t.model_dump(), "schedule": self.teacher_schedule(key).model_dump()}
+            "teachers": {key: {**t.model_dump(), "schedule": self.teacher_schedule(key).model_dump(),
+                               "dataset": {k: v for k, v in self.teacher_dataset(key).resolved().items() if k != "root"}}
                          for key, t in self.teachers.items()},
         })
 
@@ -528,6 +546,14 @@ class Suite(Strict):
             return ScheduleConfig(**{**self.schedule.model_dump(), **self.teachers[key].schedule})
         except ValidationError as error:
             raise ValueError(f"teachers.{key}.schedule: {_first_message(error)}") from None
+
+    def teacher_dataset(self, key: str) -> DatasetConfig:
+        if not self.teachers[key].dataset:
+            return self.dataset
+        try:
+            return DatasetConfig(**{**self.dataset.model_dump(), **self.teachers[key].dataset})
+        except ValidationError as error:
+            raise ValueError(f"teachers.{key}.dataset: {_first_message(error)}") from None
 
     @property
     def title(self) -> str:
@@ -582,7 +608,8 @@ def expand(suite: Suite) -> tuple[list[RunSpec], dict[str, TeacherSpec]]:
     dataset_in_key = {k: v for k, v in dataset.items() if k != "root"}
     teachers: dict[str, TeacherSpec] = {}
     for label, teacher in suite.teachers.items():
-        config = {"dataset": dataset_in_key, "model": teacher.model, "model_options": _jsonable(teacher.options),
+        teacher_dataset = {k: v for k, v in suite.teacher_dataset(label).resolved().items() if k != "root"}
+        config = {"dataset": teacher_dataset, "model": teacher.model, "model_options": _jsonable(teacher.options),
                   "seed": teacher.seed}
         if teacher.checkpoint:
             path = os.path.expanduser(os.path.expandvars(teacher.checkpoint))
