@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SUITES = ROOT / "suites"
 RECIPES = SUITES / "recipes"
 SUITE_FILES = sorted(p for p in SUITES.rglob("*.yaml") if RECIPES not in p.parents)
-CARDS = dict((path.stem, card) for path, card in recipe_cards(RECIPES))
+CARDS = {path.stem: card for path, card in recipe_cards(RECIPES)}
 #: What every card a suite runs must state (issue 10's list of protocol facts).
 REQUIRED_FACTS = {"model", "teacher", "teacher_mode", "train_split", "crop", "scales", "normalization",
                   "image_padding", "label_padding", "augmentation", "batch", "iterations", "lr", "lr_multipliers",
@@ -151,7 +151,7 @@ def test_plan_json_on_attnfd_voc_runs_the_codes_protocol(capsys):
         assert run["config"] == yaml.safe_load(yaml.safe_dump(expanded[run["key"]]))
 
 
-CIRKD_SUITES = [p for p in SUITE_FILES if re.search(r"^extends: recipes/(cirkd|lgad|acfd)", p.read_text(), re.M)]
+CIRKD_SUITES = [p for p in SUITE_FILES if re.search(r"^extends: recipes/(cirkd|lgad|acfd)", p.read_text(), re.MULTILINE)]
 
 
 @pytest.mark.parametrize("path", CIRKD_SUITES, ids=_rel)
@@ -226,3 +226,37 @@ def test_the_report_shows_each_tables_card_from_the_store_alone(tmp_path):
     assert "<code>mini</code>" in card and "a test card" in card and "example/repo@0123456" in card
     assert "repo@0123456:a.py:1" in card and "<code>dataset.crop</code>" in card
     assert "(ran 0.05)" in card and "lr ran 0.05 (card: 0.01)" in card  # the override is shown, not hidden
+
+
+# --- the new keys are validated at the door -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("dataset.scale_mode", "short_side", "scale_mode short_side needs `base_size`"),
+    ("dataset.base_size", 513, "base_size applies only to scale_mode short_side"),
+    ("dataset.scale_step", 0.4, "scale_step 0.4 must be > 0 and divide scale_range"),
+    ("dataset.label_pad", 300, "label_pad must be a label value in 0..255"),
+    ("dataset.label_pad", 40, "label_pad 40 is neither a class of synthetic"),
+    ("dataset.normalization", "rgb", "dataset.normalization"),
+    ("schedule.head_lr_mult", 0, "head_lr_mult must be > 0"),
+    ("schedule.kd_forward", "extract", "schedule.kd_forward"),
+])
+def test_protocol_keys_are_checked(tmp_path, key, value, message):
+    path = _mini_suite(tmp_path, **{key: value})
+    with pytest.raises(SuiteError, match=re.escape(message)):
+        load_suite(path)
+
+
+def test_a_teacher_may_train_on_another_split_and_that_enters_only_its_key(tmp_path):
+    base = {"teachers": {"t": {"model": "tiny_teacher"}}, "methods": [{"name": "none"}, {"name": "kd"}]}
+    plain = load_suite(_mini_suite(tmp_path, **base)).parts[0]
+    base["teachers"]["t"]["dataset"] = {"train_split": "val"}
+    other = load_suite(_mini_suite(tmp_path, **base)).parts[0]
+    (plain_runs, plain_teachers), (other_runs, other_teachers) = expand(plain), expand(other)
+    assert other_teachers["t"].config["dataset"]["train_split"] == "val"
+    assert plain_teachers["t"].key != other_teachers["t"].key
+    assert other_runs[0].config["dataset"]["train_split"] == "train"  # the students' split is the suite's
+    assert plain_runs[0].key == other_runs[0].key  # the baseline run does not depend on the teacher
+    base["teachers"]["t"]["dataset"] = {"name": "camvid"}
+    with pytest.raises(SuiteError, match="may not change"):
+        load_suite(_mini_suite(tmp_path, **base))

@@ -45,7 +45,7 @@ def test_head_of_deeplabv3plus_is_aspp_decoder_and_classifier():
 
 def test_a_head_multiplier_on_a_model_without_a_head_is_refused():
     class Headless(nn.Module):
-        head_parameters = staticmethod(lambda: [])
+        head_parameters = staticmethod(list)  # declares no head modules
 
         def __init__(self):
             super().__init__()

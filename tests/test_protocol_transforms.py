@@ -151,3 +151,10 @@ def test_default_pipeline_is_torchvision_pad_random_crop_flip():
                                                                                            scale=True))
         assert torch.equal(ours[0], reference.as_subclass(torch.Tensor))
         assert torch.equal(ours[1], cropped[1].as_subclass(torch.Tensor).long())
+
+
+def test_eval_size_513_is_attnfds_fixed_resize():
+    # AttnFD's FixedResize is torchvision Resize(513): short side 513, long side int(500 * 513 / 366) = 700 (floored).
+    image, mask = sample(366, 500)
+    out, labels = EvalTransform(513)(image, mask)
+    assert out.shape == (3, 513, 700) and labels.shape == (513, 700)
