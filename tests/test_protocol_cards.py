@@ -164,6 +164,15 @@ def test_plan_json_on_cirkd_suites_feeds_bgr_mean_input(path, capsys):
 # --- plan --preflight -----------------------------------------------------------------------------------------------
 
 
+def _paired_suite(tmp_path: Path, name: str, teacher: dict, student: dict, methods: list[dict]) -> Path:
+    suite = {"name": name, "dataset": {"name": "synthetic", "crop": [32, 32], "options": {"image_size": 32}},
+             "schedule": {"iterations": 2, "batch_size": 2, "lr": 0.01}, "teachers": {"teacher": teacher},
+             "students": [student], "methods": methods, "seeds": [0]}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
 @pytest.mark.parametrize("path", SUITE_FILES, ids=_rel)
 def test_preflight_builds_every_pairing_of_every_suite(path):
     """Every model (no weights, meta device) and every method on the students and teachers it is paired with."""
@@ -172,17 +181,9 @@ def test_preflight_builds_every_pairing_of_every_suite(path):
 
 def test_preflight_names_suite_row_and_the_point_a_student_lacks(tmp_path, capsys):
     # PSPNet's pyramid pooling ends in a concat: it declares no encoder:pre_relu point.
-    suite = {
-        "name": "bad_points",
-        "dataset": {"name": "synthetic", "crop": [32, 32], "options": {"image_size": 32}},
-        "schedule": {"iterations": 2, "batch_size": 2, "lr": 0.01},
-        "teachers": {"teacher": {"model": "deeplabv3_r101"}},
-        "students": [{"model": "pspnet_r18"}],
-        "methods": [{"name": "none"}, {"name": "attnfd", "label": "AttnFD", "hparams": {"points": ["encoder:pre_relu"]}}],
-        "seeds": [0],
-    }
-    path = tmp_path / "bad_points.yaml"
-    path.write_text(yaml.safe_dump(suite))
+    path = _paired_suite(tmp_path, "bad_points", {"model": "deeplabv3_r101"}, {"model": "pspnet_r18"},
+                         [{"name": "none"}, {"name": "attnfd", "label": "AttnFD",
+                                             "hparams": {"points": ["encoder:pre_relu"]}}])
     capsys.readouterr()
     assert main(["plan", str(path), "--preflight", "--results", str(tmp_path / "results")]) == 2
     error = capsys.readouterr().err
@@ -193,16 +194,9 @@ def test_preflight_names_suite_row_and_the_point_a_student_lacks(tmp_path, capsy
 
 
 def test_preflight_lists_missing_weights_without_failing(tmp_path, capsys):
-    suite = {
-        "name": "weights",
-        "dataset": {"name": "synthetic", "crop": [32, 32], "options": {"image_size": 32}},
-        "schedule": {"iterations": 2, "batch_size": 2, "lr": 0.01},
-        "teachers": {"teacher": {"model": "deeplabv3_r101", "checkpoint": str(tmp_path / "absent.pth")}},
-        "students": [{"model": "deeplabv3_r18", "options": {"pretrained": str(tmp_path / "absent-imagenet.pth")}}],
-        "methods": [{"name": "kd"}], "seeds": [0],
-    }
-    path = tmp_path / "weights.yaml"
-    path.write_text(yaml.safe_dump(suite))
+    path = _paired_suite(tmp_path, "weights", {"model": "deeplabv3_r101", "checkpoint": str(tmp_path / "absent.pth")},
+                         {"model": "deeplabv3_r18", "options": {"pretrained": str(tmp_path / "absent-imagenet.pth")}},
+                         [{"name": "kd"}])
     capsys.readouterr()
     assert main(["plan", str(path), "--preflight", "--results", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
