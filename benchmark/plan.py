@@ -42,8 +42,8 @@ def _iterations(part: Part) -> int | None:
     schedule = part.suite.schedule
     if schedule.iterations:
         return schedule.iterations
-    counts = {"cityscapes": {"train": 2975}, "voc_aug": {"train_aug": 10582}, "camvid": {"train": 367,
-                                                                                         "train+val": 468}}
+    counts = {"cityscapes": {"train": 2975}, "voc_aug": {"train_aug": 10582, "train": 1464},
+              "camvid": {"train": 367, "train+val": 468}}
     dataset = part.suite.dataset.resolved()
     length = counts.get(dataset["name"], {}).get(dataset["train_split"])
     if length is None:
