@@ -64,11 +64,6 @@ class DatasetConfig(Strict):
     selection_split: str | None = None
     crop: tuple[StrictInt, StrictInt]
     scale_range: tuple[float, float] = (0.5, 2.0)
-    flip: StrictBool = True
-    #: Evaluation size: None = full resolution, an int = short side, [h, w] = exact.
-    eval_size: StrictInt | tuple[StrictInt, StrictInt] | None = None
-    absent_class_policy: Literal["nan_excluded", "zero_included"] = "nan_excluded"
-    normalization: Literal["imagenet", "bgr_mean"] = "imagenet"
     #: "ratio": both sides times a factor from ``scale_range`` (CIRKD, mmseg); "short_side": the short side set to an
     #: integer in ``scale_range`` x ``base_size``, flipped before scaling, as pytorch-deeplab-xception's
     #: ``RandomHorizontalFlip`` + ``RandomScaleCrop`` (see :mod:`benchmark.data.transforms`).
@@ -86,6 +81,11 @@ class DatasetConfig(Strict):
     gaussian_blur: StrictBool = False
     #: Antialiased (PIL-like) bilinear resizing; False is OpenCV's ``INTER_LINEAR`` (CIRKD), which does not filter.
     resize_antialias: StrictBool = True
+    flip: StrictBool = True
+    #: Evaluation size: None = full resolution, an int = short side, [h, w] = exact.
+    eval_size: StrictInt | tuple[StrictInt, StrictInt] | None = None
+    absent_class_policy: Literal["nan_excluded", "zero_included"] = "nan_excluded"
+    normalization: Literal["imagenet", "bgr_mean"] = "imagenet"
 
     @field_validator("name")
     @classmethod
