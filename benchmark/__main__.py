@@ -1,4 +1,5 @@
-"""``python -m benchmark``: run, status, report, plan, list, models, data, convert-checkpoint, check-reference.
+"""``python -m benchmark``: run, status, report, plan, list, models, data, convert-checkpoint, check-reference,
+protocols.
 
 Exit codes: 0 success; 1 a check found problems (a failed reference case, a dataset with problems, a
 suite with failed runs); 2 bad input (a malformed suite, a missing file), reported in one message with
@@ -19,6 +20,8 @@ EXAMPLES = """examples:
   python -m benchmark run suites/paper_tables.yaml --executor slurm --set resources.partition=gpu
   python -m benchmark status suites/paper_tables.yaml
   python -m benchmark plan suites/paper_tables.yaml
+  python -m benchmark plan suites/paper_tables.yaml --preflight
+  python -m benchmark plan suites/attnfd_table1_voc.yaml --json
   python -m benchmark report results/smoke
   python -m benchmark list
   python -m benchmark data check camvid --root ../shared/datasets/CamVid
@@ -70,7 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--profile", action="store_true",
                       help="measure the step time of each student/teacher/method at the suite's crop and batch on "
                            "this machine's device (a few steps each) to estimate device-hours")
+    plan.add_argument("--preflight", action="store_true",
+                      help="first build every model (without weights) and every method on the students and teachers "
+                           "it is paired with; exit 2 naming the suite file, the row and the reason on the first "
+                           "failure (missing datasets and weights are listed, not errors)")
+    plan.add_argument("--json", action="store_true",
+                      help='print only {"runs": [{"key", "suite", "student", "method", "seed", "config"}]}, each config '
+                           "the resolved configuration as the run's config.yaml stores it")
     plan.set_defaults(func=cmd_plan)
+
+    protocols = commands.add_parser(
+        "protocols", help="write docs/protocols.md from the protocol cards of suites/recipes/*.yaml",
+        description="Render every recipe's protocol card (each fact, its value, its source and what the paper says "
+                    "where it differs) as Markdown; --check exits 1 if the file is not what the cards give.")
+    protocols.add_argument("--recipes", type=Path, default=Path("suites/recipes"), help="default: suites/recipes")
+    protocols.add_argument("--out", type=Path, default=Path("docs/protocols.md"), help="default: docs/protocols.md")
+    protocols.add_argument("--check", action="store_true", help="compare instead of writing")
+    protocols.set_defaults(func=cmd_protocols)
 
     report = commands.add_parser(
         "report", help="re-render tables, plots and the HTML report from stored results alone",
@@ -152,9 +171,32 @@ def cmd_status(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from benchmark.plan import print_plan
+    from benchmark.plan import plan_json, print_plan, run_preflight
 
-    return print_plan(load_suite(args.suite, args.overrides), args.results, profile=args.profile)
+    suite_file = load_suite(args.suite, args.overrides)
+    if args.preflight:
+        run_preflight(suite_file, echo=(lambda line: print(line, file=sys.stderr)) if args.json else print)
+    if args.json:
+        print(plan_json(suite_file))
+        return 0
+    return print_plan(suite_file, args.results, profile=args.profile)
+
+
+def cmd_protocols(args) -> int:
+    from benchmark.protocols import render_protocols
+
+    text = render_protocols(args.recipes)
+    if args.check:
+        if not args.out.is_file() or args.out.read_text() != text:
+            print(f"{args.out} is stale: run `python -m benchmark protocols` to regenerate it from {args.recipes}",
+                  file=sys.stderr)
+            return 1
+        print(f"{args.out} is up to date")
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return 0
 
 
 def cmd_report(args) -> int:

@@ -9,21 +9,24 @@ at the suite's crop and batch on this machine's device, cached in ``results/<sui
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
+import yaml
 
 from benchmark.cost import profile_step
 from benchmark.data.base import DatasetError
 from benchmark.engine.loader import iterations_per_epoch
 from benchmark.engine.prepare import run_prepare
+from benchmark.preflight import check_pairings, missing_weights, structure_builder
 from benchmark.registry import DATASETS, MODELS
 from benchmark.runner import Part, make_plan
 from benchmark.store import atomic_write_json, read_json
-from benchmark.suite import RunSpec, SuiteFile
+from benchmark.suite import RunSpec, SuiteFile, expand
 from methods.base import Batch
 
 PROFILE = "profile.json"
@@ -40,8 +43,8 @@ def _iterations(part: Part) -> int | None:
     schedule = part.suite.schedule
     if schedule.iterations:
         return schedule.iterations
-    counts = {"cityscapes": {"train": 2975}, "voc_aug": {"train_aug": 10582}, "camvid": {"train": 367,
-                                                                                         "train+val": 468}}
+    counts = {"cityscapes": {"train": 2975}, "voc_aug": {"train_aug": 10582, "train": 1464},
+              "camvid": {"train": 367, "train+val": 468}}
     dataset = part.suite.dataset.resolved()
     length = counts.get(dataset["name"], {}).get(dataset["train_split"])
     if length is None:
@@ -188,3 +191,30 @@ def print_plan(suite_file: SuiteFile, results_root: str = "results", profile: bo
     print(f"\ntotal: {total_hours:.3g} device-hours estimated" + (f", {unknown} run(s) not estimated" if unknown
                                                                  else ""))
     return 0
+
+
+def run_preflight(suite_file: SuiteFile, echo=print) -> None:
+    """Build every pairing of every part (no weights); raise PreflightError on the first failure; list missing weights."""
+    build = structure_builder()
+    total = 0
+    for suite in suite_file.parts:
+        total += check_pairings(suite_file.path, suite, build)
+        for line in missing_weights(suite):
+            echo(f"  {suite.name}: WEIGHTS MISSING: {line}")
+        for deviation in suite.protocol_deviations():
+            echo(f"  {suite.name}: leaves its protocol card ({suite.protocol.name}): {deviation['setting']} is "
+                 f"{deviation['ran']!r}, the card says {deviation['card']!r}")
+    echo(f"preflight {suite_file.path}: {len(suite_file.parts)} table(s), every model and {total} method build(s) "
+         f"ok (structure only: weights and datasets are not loaded)")
+
+
+def plan_json(suite_file: SuiteFile) -> str:
+    """The runs of a suite file, each with its resolved config exactly as its ``config.yaml`` stores it."""
+    runs = []
+    for suite in suite_file.parts:
+        for run in expand(suite)[0]:
+            # Through YAML and back: config.yaml is `yaml.safe_dump(run.config)`, so this is what it reads as.
+            config = yaml.safe_load(yaml.safe_dump(run.config, sort_keys=True))
+            runs.append({"key": run.key, "suite": run.suite, "student": run.student, "method": run.method_label,
+                         "seed": run.seed, "config": config})
+    return json.dumps({"runs": runs}, indent=1, sort_keys=False)

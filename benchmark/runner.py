@@ -34,19 +34,16 @@ from benchmark.engine import distributed
 from benchmark.engine.board import folder_name
 from benchmark.engine.checkpoint import CheckpointError, load_checkpoint, load_state_strict
 from benchmark.engine.predictions import QualitativePlan, samples_folder, save_teacher_predictions
-from benchmark.engine.train import NonFiniteLossError, TrainJob, build_method, run_training
+from benchmark.engine.train import NonFiniteLossError, TrainJob, run_training
 from benchmark.lock import describe
 from benchmark.models.base import SegmentationModel, count_parameters, freeze
+from benchmark.preflight import PreflightError, check_pairings
 from benchmark.qualitative import check_indices
 from benchmark.registry import DATASETS, MODELS
 from benchmark.store import ResultStore, RunFolder, RunLockedError
-from benchmark.suite import RunSpec, Suite, SuiteError, SuiteFile, TeacherSpec, expand
+from benchmark.suite import RunSpec, Suite, SuiteFile, TeacherSpec, expand
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-class PreflightError(SuiteError):
-    """A suite that validated but cannot run here (missing data, unreadable checkpoint, bad hyperparameter)."""
 
 
 class TeacherBusy(Exception):
@@ -127,25 +124,7 @@ def preflight(plan: Plan) -> None:
                                  _built_model(ref.model, tuple(sorted(ref.options.items())), num_classes), ref.model)
                 except CheckpointError as error:
                     raise PreflightError(f"{plan.suite_file.path}: {where}.checkpoint: {error}") from None
-        for s_index, student_cfg in enumerate(suite.students):
-            student = _built_model(student_cfg.model, tuple(sorted(student_cfg.options.items())), num_classes)
-            teacher_label = suite.teacher_for(student_cfg)
-            teacher = None
-            if teacher_label is not None:
-                teacher_cfg = suite.teachers[teacher_label]
-                teacher = _built_model(teacher_cfg.model, tuple(sorted(teacher_cfg.options.items())), num_classes)
-            for m_index, method in enumerate(suite.methods):
-                if method.needs_teacher and teacher is None:
-                    raise PreflightError(f"{plan.suite_file.path}: methods[{m_index}] needs a teacher for "
-                                         f"students[{s_index}]")
-                try:
-                    built = build_method([{"name": c.name, "key": c.component_key, "hparams": c.resolved_hparams()}
-                                          for c in method.parts()],
-                                         student, teacher)
-                except (ValueError, KeyError, TypeError) as error:
-                    raise PreflightError(f"{plan.suite_file.path}: methods[{m_index}] ({method.row_label}) on "
-                                         f"{student_cfg.model}: {error}") from None
-                del built
+        check_pairings(plan.suite_file.path, suite, _weighted_model)
     _check_qualitative_indices(plan)
 
 
@@ -162,6 +141,11 @@ def _check_qualitative_indices(plan: Plan) -> None:
             check_indices(indices, length, f"{plan.suite_file.path}: {part.suite.name}: report.qualitative_indices")
         except ValueError as error:
             raise PreflightError(str(error)) from None
+
+
+def _weighted_model(name: str, options: dict[str, Any], num_classes: int) -> SegmentationModel:
+    """The model as it will train (its ImageNet weights loaded), built once per (name, options) per process."""
+    return _built_model(name, tuple(sorted(options.items())), num_classes)
 
 
 @functools.lru_cache(maxsize=16)
@@ -211,6 +195,7 @@ def suite_record(plan: Plan) -> dict[str, Any]:
             "seeds": list(suite.seeds),
             "claims": [c.model_dump() for c in suite.claims],
             "run_keys": [r.key for r in part.runs],
+            "protocol": suite.protocol_record(),
         })
     return {"name": plan.suite_file.name, "description": plan.suite_file.description,
             "path": str(plan.suite_file.path), "parts": parts}
@@ -293,7 +278,8 @@ class Runner:
                 if waited and status["status"] == "failed":
                     raise RuntimeError(f"teacher {spec.label} failed in another process: {status.get('reason')}")
                 self.echo(f"teacher {spec.label} ({config.model}): training (once; every run that names it shares it)")
-                job = TrainJob(name=f"teacher {config.model}", folder=folder.path, dataset=suite.dataset.resolved(),
+                job = TrainJob(name=f"teacher {config.model}", folder=folder.path,
+                               dataset=suite.teacher_dataset(spec.label).resolved(),
                                dataset_root=suite.dataset.root, schedule=suite.teacher_schedule(spec.label),
                                model_name=config.model, model_options=config.options, seed=config.seed,
                                methods=[{"name": "none", "hparams": {}}], runtime=suite.runtime.model_dump(),

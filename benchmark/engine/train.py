@@ -104,8 +104,16 @@ def lr_lambda(schedule: ScheduleConfig, total: int):
     return factor
 
 
-def make_optimizer(schedule: ScheduleConfig, student: nn.Module, method: CompositeMethod):
-    groups = [{"params": [p for p in student.parameters() if p.requires_grad], "lr": schedule.lr, "name": "student"}]
+def make_optimizer(schedule: ScheduleConfig, student: SegmentationModel, method: CompositeMethod):
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    head = {id(p) for p in student.head_parameters()} if schedule.head_lr_mult != 1 else set()
+    if schedule.head_lr_mult != 1 and not head:
+        raise ValueError(f"schedule.head_lr_mult {schedule.head_lr_mult}: {type(student).__name__} declares no head "
+                         f"modules (SegmentationModel.head_modules)")
+    groups = [{"params": [p for p in trainable if id(p) not in head], "lr": schedule.lr, "name": "student"}]
+    if head:  # pytorch-deeplab-xception get_1x_lr_params / get_10x_lr_params (modeling/deeplab.py:47-65)
+        groups.append({"params": [p for p in trainable if id(p) in head], "lr": schedule.lr * schedule.head_lr_mult,
+                       "name": "head"})
     method_params = list(method.student_optimizer_parameters())
     if method_params:
         groups.append({"params": method_params, "lr": schedule.lr * schedule.method_lr_mult, "name": "method"})
@@ -240,9 +248,16 @@ def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: 
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.momentum = 0.0
 
-    train_transform = TrainTransform(dataset_cfg["crop"], dataset_cfg["scale_range"], dataset_cfg["flip"],
-                                     ignore_index=spec.ignore_index)
-    eval_transform = EvalTransform(dataset_cfg["eval_size"])
+    train_transform = TrainTransform.from_config(dataset_cfg, spec.ignore_index)
+    eval_transform = EvalTransform.from_config(dataset_cfg)
+    authors_forward = schedule.kd_forward == "extract_feature" and teacher is not None
+    # pytorch-deeplab-xception divides the pixel-mean CE by the batch the loss sees (utils/loss.py:30-31): all of it.
+    task_divisor = schedule.batch_size * world if schedule.ce_batch_average else 1
+    log.info("%s: input %s, scale %s, pad image %s / label %d, blur %s; head lr x%g, CE%s, %s forward", job.name,
+             dataset_cfg["normalization"], dataset_cfg["scale_mode"], dataset_cfg["image_pad"],
+             dataset_cfg["label_pad"], dataset_cfg["gaussian_blur"], schedule.head_lr_mult,
+             f" / {task_divisor} (batch average)" if task_divisor != 1 else " pixel mean",
+             "authors' KD" if authors_forward else "plain")
     num_workers = int(job.runtime.get("num_workers", 0))
     pin = device.type == "cuda"
 
@@ -302,7 +317,9 @@ def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: 
         batch = Batch(images, labels, iteration, total, per_epoch, spec.ignore_index)
         with autocast_context(device, job.runtime):
             terms, student_feats, teacher_feats = step_losses(student, teacher, method, student_hooks,
-                                                              teacher_capture, batch)
+                                                              teacher_capture, batch, authors_forward)
+        if task_divisor != 1:
+            terms.update({k: terms[k] / task_divisor for k in TASK_TERMS if k in terms})
         frozen = method.student_frozen(batch)
         loss = sum(v for k, v in terms.items() if k not in TASK_TERMS)
         if not frozen:

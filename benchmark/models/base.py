@@ -62,6 +62,13 @@ class SegmentationModel(nn.Module):
     num_classes: int
     feature_points: dict[str, FeaturePoint]
     aux_weight: float = 0.0
+    #: Submodules forming the head, trained at ``schedule.head_lr_mult`` x the lr; the rest is the backbone.
+    head_modules: tuple[str, ...] = ()
+    #: Modules the authors' distillation forward bypasses (``schedule.kd_forward: extract_feature``).
+    extract_feature_skips: tuple[str, ...] = ()
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [p for name in self.head_modules for p in self.get_submodule(name).parameters()]
 
     def point(self, name: str) -> FeaturePoint:
         try:

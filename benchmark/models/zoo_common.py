@@ -9,6 +9,7 @@ point                  module                                                   
 ``backbone.1``..``4``  the encoder's four stages (timm ``features_only`` modules)   4, 8, min(16, OS), OS
 ``encoder``            ``context``: ASPP or pyramid pooling output                  OS
 ``decoder``            ``decoder``: the feature just before the 1x1 classifier      4 (DeepLabV3+), else OS
+                       (DeepLabV3+: before the decoder's Dropout(0.1))
 ``logits``             the model itself, upsampled to the input                     1
 ``logits:pre_upsample`` the classifier's output before upsampling (CIRKD-family code
                        distils these)                                                as ``decoder``
@@ -101,6 +102,9 @@ class ZooModel(SegmentationModel):
         self.aux_weight = aux_weight if aux_head is not None else 0.0
         self.output_stride = output_stride
         self._uses_low_level = isinstance(decoder, DeepLabV3PlusDecoder)
+        self.head_modules = ("context", "decoder", "classifier") + (("aux_head",) if aux_head is not None else ())
+        # pytorch-deeplab-xception's extract_feature: the ASPP returns before its Dropout(0.5) (modeling/aspp.py)
+        self.extract_feature_skips = ("context.project.3",) if self._uses_low_level else ()
         self.feature_points = self._declare_points()
         self.validate_points()
 
@@ -133,7 +137,11 @@ class ZooModel(SegmentationModel):
             )
         decoder_stride = points["backbone.1"].stride if self._uses_low_level else self.output_stride
         relu_path = "decoder.fuse.6" if self._uses_low_level else "decoder.2"
-        points["decoder"] = FeaturePoint(self.decoder.out_channels, decoder_stride, "decoder")
+        # DeepLabV3+: the decoder's feature before its Dropout(0.1), where both KD code bases take it
+        # (AttnFD@f090bbe:modeling/decoder.py:64-67, overhaul-distillation@76344a8:Segmentation/modeling/decoder.py:60-62);
+        # CIRKD's head feature is after its dropout (winycg/CIRKD@2d8ad0f:models/deeplabv3.py:94-95).
+        decoder_module = "decoder.fuse.6" if self._uses_low_level else "decoder"
+        points["decoder"] = FeaturePoint(self.decoder.out_channels, decoder_stride, decoder_module)
         points[f"decoder{PRE_RELU}"] = FeaturePoint(self.decoder.out_channels, decoder_stride, relu_path, "input")
         points["logits"] = FeaturePoint(self.num_classes, 1, "")
         points[f"logits{PRE_UPSAMPLE}"] = FeaturePoint(self.num_classes, decoder_stride, "classifier")

@@ -313,6 +313,7 @@ class PartInfo:
     baseline: str | None = None  # the no-distillation row label
     protocol: str | None = None  # the table's (paper's) protocol
     reproduction: str = ""  # our protocol, from a run's resolved config
+    protocol_card: dict[str, Any] | None = None  # the recipe's card (Suite.protocol_record), from the suite record
 
     @property
     def anchor(self) -> str:
@@ -341,7 +342,8 @@ def parts_from(suite: dict[str, Any] | None, runs: pd.DataFrame) -> list[PartInf
                 class_names=list(part.get("class_names") or []), students=list(part.get("students") or []),
                 methods=methods, method_components=components, seeds=list(part.get("seeds") or []),
                 claims=list(part.get("claims") or []), run_keys=list(part.get("run_keys") or []),
-                baseline=_baseline(methods, components), protocol=(table or {}).get("protocol")))
+                baseline=_baseline(methods, components), protocol=(table or {}).get("protocol"),
+                protocol_card=part.get("protocol")))
     else:
         for name in sorted(runs["part"].dropna().unique()):
             sub = runs[runs["part"] == name]
