@@ -549,6 +549,29 @@ def submit_slurm(suite_file: SuiteFile, overrides: list[str], results_root: str 
     return _render(plan, reports_root)
 
 
+def profile_compute_view(executor: str | None, suite_file: SuiteFile, results_root: str | Path, echo=print) -> None:
+    """Measure the step times the equal-compute view (``compare_at``) still lacks, before anything trains: the
+    iteration counts, hence the keys, of its runs come from them. Only a single process on the device that trains
+    measures; a Slurm submission from a host without that device, or a torchrun process, asks for
+    ``plan --profile`` on the right device first."""
+    from benchmark.compute import COMPUTE_PROFILE, measure_profile, needs_profile
+
+    store = ResultStore(Path(results_root), suite_file.name)
+    waiting = needs_profile(suite_file, store.root)
+    if not waiting:
+        return
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu_jobs = any(suite.resources.gpus for suite in suite_file.parts if suite.name in waiting)
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if several or (executor == "slurm" and gpu_jobs and here != "cuda"):
+        where = "under torchrun" if several else "on this host (no GPU; the jobs run on GPUs)"
+        raise LaunchError(f"{suite_file.path}: the equal-compute view of {waiting} needs step times measured on the "
+                          f"device that trains, once, and they cannot be measured {where}: run `python -m benchmark "
+                          f"plan {suite_file.path} --profile` on a GPU node of the kind the runs use (it stores "
+                          f"{store.root / COMPUTE_PROFILE}), then run this again")
+    measure_profile(suite_file, store.root, torch.device(here), echo)
+
+
 def run_with_executor(executor: str | None, suite_file: SuiteFile, overrides: list[str], results_root: str | Path,
                       reports_root: str | Path, workers: int | None, echo=print) -> Path | None:
     """``run``: ``executor`` None is inline, except after a Slurm submission of the same suite and results, where
@@ -557,6 +580,7 @@ def run_with_executor(executor: str | None, suite_file: SuiteFile, overrides: li
         raise LaunchError(f"--workers is for --executor local (got --executor {executor})")
     if workers is not None and workers < 1:
         raise LaunchError(f"--workers must be >= 1, got {workers}")
+    profile_compute_view(executor, suite_file, results_root, echo)
     if executor == "local":
         return run_local(suite_file, overrides, results_root, reports_root, workers)
     if executor == "slurm":

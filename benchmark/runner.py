@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from benchmark.compute import ComputeView, compute_view, read_profile
 from benchmark.convert import convert_file, describe_weights, load_weights
 from benchmark.cost import FLOPS_CONVENTION, count_flops
 from benchmark.data.base import DatasetError
@@ -41,7 +42,7 @@ from benchmark.preflight import PreflightError, check_pairings
 from benchmark.qualitative import check_indices
 from benchmark.registry import DATASETS, MODELS
 from benchmark.store import ResultStore, RunFolder, RunLockedError
-from benchmark.suite import RunSpec, Suite, SuiteFile, TeacherSpec, expand
+from benchmark.suite import RunSpec, ScheduleConfig, Suite, SuiteFile, TeacherSpec, expand
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,8 +62,15 @@ def _shared(value_on_main):
 @dataclass
 class Part:
     suite: Suite
-    runs: list[RunSpec]
+    runs: list[RunSpec]  # the table's runs, then those only its equal-compute view has
     teachers: dict[str, TeacherSpec]
+    compute: ComputeView | None = None  # the equal-compute view (suite key compare_at)
+
+    @property
+    def table_runs(self) -> list[RunSpec]:
+        """The runs of the table as the suite's schedule states it (equal iterations)."""
+        extra = {run.key for run in self.compute.extra} if self.compute else set()
+        return [run for run in self.runs if run.key not in extra]
 
 
 @dataclass
@@ -85,10 +93,13 @@ class Plan:
 
 def make_plan(suite_file: SuiteFile, results_root: str | Path = "results") -> Plan:
     parts = []
+    store = ResultStore(Path(results_root), suite_file.name)
+    profile = read_profile(store.root) if any(suite.compare_at for suite in suite_file.parts) else {}
     for suite in suite_file.parts:
         runs, teachers = expand(suite)
-        parts.append(Part(suite, runs, teachers))
-    plan = Plan(suite_file, parts, ResultStore(Path(results_root), suite_file.name))
+        compute = compute_view(suite, runs, profile) if suite.compare_at else None
+        parts.append(Part(suite, runs + (compute.extra if compute else []), teachers, compute))
+    plan = Plan(suite_file, parts, store)
     for part in parts:
         dataset = part.suite.dataset
         label = f"{dataset.name} at {dataset.root}"
@@ -194,8 +205,9 @@ def suite_record(plan: Plan) -> dict[str, Any]:
             "methods": [{"label": m.row_label, "components": [c.name for c in m.parts()]} for m in suite.methods],
             "seeds": list(suite.seeds),
             "claims": [c.model_dump() for c in suite.claims],
-            "run_keys": [r.key for r in part.runs],
+            "run_keys": [r.key for r in part.table_runs],
             "protocol": suite.protocol_record(),
+            "compute": part.compute.record() if part.compute else None,
         })
     return {"name": plan.suite_file.name, "description": plan.suite_file.description,
             "path": str(plan.suite_file.path), "parts": parts}
@@ -348,11 +360,13 @@ class Runner:
         self.echo(f"{label}: {'resuming' if folder.checkpoint_path.is_file() else 'training'}")
         job = TrainJob(name=f"{run.student}/{run.method_label}/s{run.seed}", folder=folder.path,
                        dataset=part.suite.dataset.resolved(), dataset_root=run.dataset_root,
-                       schedule=part.suite.schedule, model_name=run.student,
+                       schedule=ScheduleConfig(**run.config["schedule"]) if run.compute else part.suite.schedule,
+                       model_name=run.student,
                        model_options=run.config["student"]["options"], seed=run.seed,
                        methods=run.config["method"]["components"], teacher=teacher, runtime=run.runtime,
                        qualitative=self.qualitative(part.suite),
-                       board_name=folder_name(run.suite, run.student, run.method_label, f"seed{run.seed}"),
+                       board_name=folder_name(run.suite, run.student, run.method_label, f"seed{run.seed}",
+                                              *(["equal-compute"] if run.compute else [])),
                        initial_weights=run.student_checkpoint)
         meta = {"role": "student", "suite": run.suite, "table": run.table, "dataset": part.suite.dataset.name,
                 "student": run.student, "method": run.method_label,
@@ -361,6 +375,8 @@ class Runner:
                 "teacher_key": run.teacher.key if run.teacher else None}
         if run.teacher and run.teacher.key in self.teacher_checkpoints:
             meta["teacher_checkpoint"] = self.teacher_checkpoints[run.teacher.key]
+        if run.compute:  # an equal-compute run: how its iterations were derived from the profiled step times
+            meta["compute_budget"] = run.compute
         return self._train(folder, job, meta, run.config, part.suite)
 
     def qualitative(self, suite: Suite) -> QualitativePlan | None:

@@ -510,6 +510,32 @@ class ProtocolCard(Strict):
         return name
 
 
+class CompareAtConfig(Strict):
+    """The equal-compute reading of a table (``compare_at``): besides the suite's schedule, every method row is
+    trained for the same compute budget, by an iteration count derived from its step time (arXiv 2604.25530: at
+    equal wall-clock plain KD matches segmentation-specific losses). The step times are measured once before
+    training by a short profile of each (student, teacher, method) on the device that trains, stored in
+    ``results/<suite>/compute_profile.json`` and reused by every later command (:mod:`benchmark.compute`).
+    How to compare, not a result: only the derived iteration count enters the runs' keys."""
+
+    #: What is held equal per run: ``device_hours`` (wall time x processes) or ``wall_clock``.
+    budget: Literal["device_hours", "wall_clock"] = "device_hours"
+    #: A stated budget per run, in hours; None: what the reference row costs with the suite's schedule.
+    hours: float | None = Field(None, gt=0)
+    #: The row whose budget every row gets (default: the no-distillation row).
+    reference: str | None = None
+    #: Training steps timed per (student, teacher, method) in the profile, after one warm-up step.
+    profile_steps: StrictInt = Field(10, ge=1)
+    #: Derived iteration counts are rounded to a multiple of this (default: 1% of the schedule's iterations), so a
+    #: step time measured again a little differently mostly yields the same count, hence the same run.
+    round_to: StrictInt | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"budget": value} if isinstance(value, str) else value
+
+
 class Suite(Strict):
     name: str
     description: str = ""
@@ -526,6 +552,8 @@ class Suite(Strict):
     runtime: RuntimeConfig = RuntimeConfig()
     report: ReportConfig = ReportConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    #: The equal-compute view: ``compare_at: device_hours`` (or a mapping, see :class:`CompareAtConfig`).
+    compare_at: CompareAtConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -564,7 +592,20 @@ class Suite(Strict):
                              f"{self.protocol.name!r} (from its recipe); name the card")
         self.protocol_deviations()  # raises on a setting that names no key
         self._check_checkpoint_preprocessing()
+        self._check_compare_at(labels)
         return self
+
+    def _check_compare_at(self, labels: list[str]) -> None:
+        compare = self.compare_at
+        if compare is None:
+            return
+        if compare.reference is not None and compare.reference not in labels:
+            raise ValueError(f"compare_at.reference {compare.reference!r} is not a method row of this suite "
+                             f"(rows: {labels})")
+        if compare.reference is None and compare.hours is None and not any(
+                [c.name for c in m.parts()] == ["none"] for m in self.methods):
+            raise ValueError("compare_at needs a budget: a no-distillation row (method none), "
+                             "compare_at.reference naming a row, or compare_at.hours")
 
     def settings(self) -> dict[str, Any]:
         """The keys a protocol fact may name, resolved as a run stores them."""
@@ -670,6 +711,8 @@ class RunSpec:
     runtime: dict[str, Any] = field(default_factory=dict)
     #: The student's initial weights: ``{"path", "format"}`` (None: the builder's own initialisation).
     student_checkpoint: dict[str, str] | None = None
+    #: A run of the equal-compute view: how its iteration count was derived (:mod:`benchmark.compute`).
+    compute: dict[str, Any] | None = None
 
     @property
     def needs_teacher(self) -> bool:

@@ -106,6 +106,11 @@ def test_plan_paper_tables_offline(tmp_path):
     for suite in load_suite(PAPER_TABLES).parts:
         assert suite.title in output
     assert "DATASET MISSING" in output
+    # Device-hours for every run even with nothing measured: a FLOPs-based guess, labelled, and how to measure.
+    total = next(line for line in output.splitlines() if line.startswith("total: "))
+    assert "device-hours for 0 from measured step times" in total and "FLOPs-based guess" in total
+    assert "not estimated" not in total
+    assert "--profile` on the GPU you will train on" in output
 
 
 # --- one paper suite, end to end, on the real CamVid (a few images, tiny models) ------------------------------------

@@ -12,7 +12,17 @@ from pathlib import Path
 import jinja2
 
 from benchmark.report.markdown import FLOPS_NOTE
-from benchmark.report.tables import TOLERANCE, Report, comparison_grid, fmt, fmt_millions, has_gain_claims
+from benchmark.report.tables import (
+    TOLERANCE,
+    Report,
+    comparison_grid,
+    compute_budget_text,
+    fmt,
+    fmt_millions,
+    has_gain_claims,
+    side_by_side,
+    tests_note,
+)
 
 TEMPLATES = Path(__file__).parent / "templates"
 GENERATED_MARKER = "generated-at"
@@ -36,7 +46,8 @@ def part_context(view) -> dict:
         selected = ", ".join(sorted({c["best_selected_on"] for c in rows if c["best_selected_on"]})) or "–"
         sizes = ", ".join(sorted({c["flops_input_size"] for c in rows if isinstance(c["flops_input_size"], str)}))
         sizes = sizes or "–"
-        results.append({"student": student, "rows": rows, "selected_on": selected, "flops_size": sizes})
+        results.append({"student": student, "rows": rows, "selected_on": selected, "flops_size": sizes,
+                        "side": side_by_side(view, student)})
     heatmaps = [(name.split(":", 1)[1], uri) for name, uri in view.plots.items() if name.startswith("heatmap:")]
     teachers = sorted({t for t in view.runs["teacher"].dropna()}) if not view.runs.empty else []
     states: dict[str, int] = {}
@@ -49,7 +60,16 @@ def part_context(view) -> dict:
             "rankings": view.rankings,
             "plots": view.plots, "heatmaps": heatmaps, "teachers": teachers, "n_runs": len(view.runs),
             "expected_runs": len(info.run_keys or []), "qualitative": view.qualitative,
-            "states": ", ".join(f"{count} {name}" for name, count in sorted(states.items()))}
+            "states": ", ".join(f"{count} {name}" for name, count in sorted(states.items())),
+            **statistics_context(view)}
+
+
+def statistics_context(view) -> dict:
+    """The table header's statistics (tests, correction, detectable effects) and the equal-compute view."""
+    compute = view.compute
+    return {"seed_count": view.seed_count, "tests_note": tests_note(view.seed_count), "effects": view.effects,
+            "compute": compute, "compute_text": compute_budget_text(compute) if compute else "",
+            "compute_effects": compute.effects if compute else []}
 
 
 def run_rows(report: Report) -> list[dict]:

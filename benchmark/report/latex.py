@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from benchmark.report.tables import TOLERANCE, PartView, Report, comparison_grid, has_gain_claims, status_line
+from benchmark.report.tables import (
+    TOLERANCE,
+    PartView,
+    Report,
+    comparison_grid,
+    compute_budget_text,
+    has_gain_claims,
+    side_by_side,
+    status_line,
+    tests_note,
+)
 
 _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
             "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
             ">": r"\textgreater{}", "|": r"\textbar{}", "\n": " "}
 _UNICODE = {"±": r"$\pm$", "–": "--", "−": "$-$", "…": r"\ldots{}", "τ": r"$\tau$", "Δ": r"$\Delta$",
-            "×": r"$\times$", "⚠": r"$^{\dagger}$"}
+            "×": r"$\times$", "⚠": r"$^{\dagger}$", "α": r"$\alpha$"}
 
 
 def tex(text) -> str:
@@ -64,17 +74,44 @@ def comparison_tabular(view: PartView) -> list[str]:
 def results_tabular(view: PartView, student: str) -> list[str]:
     frame = view.cells[(view.cells["student"] == student) & view.cells["implemented"]].sort_values("order")
     lines = [f"% {tex(view.info.title)} ({tex(view.info.name)}), student {tex(student)}",
-             r"\begin{tabular}{lrlrlrrrrrrl}", r"\toprule",
+             r"\begin{tabular}{lrlrlllrrrrrrl}", r"\toprule",
              f"Method ({tex(student)})" + (r" & $n$ & mIoU (last) & $\Delta$ none & Paired gain [95\% CI] & "
-                                           r"mIoU (best) & PixAcc & Params (M) & GFLOPs & Extra params & GPU-h & "
-                                           r"Status \\"),
+                                           r"$p$ (Holm) & MDE & mIoU (best) & PixAcc & Params (M) & GFLOPs & "
+                                           r"Extra params & GPU-h & Status \\"),
              r"\midrule"]
     for r in frame.itertuples():
         lines.append(" & ".join(tex(v) for v in (r.method, r.n, r.final_text, r.delta_none_text, r.gain_text,
-                                                r.best_text, r.pa_text, r.params_text, r.gflops_text,
+                                                r.p_text, r.mde_text, r.best_text, r.pa_text, r.params_text, r.gflops_text,
                                                 r.method_params_text, r.device_hours_text,
                                                 r.status + (f" ({r.failed} failed)" if r.failed and r.n else ""))) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\par\medskip", ""]
+    effects = [e["text"] for e in view.effects if e["student"] == student and view.seed_count > 1]
+    note = tests_note(view.seed_count) + "".join(f" Minimal detectable effect (80% power, α = 0.05): {e}."
+                                                 for e in effects)
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", r"{\footnotesize " + tex(note) + "}",
+              r"\par\medskip", ""]
+    return lines + side_by_side_tabular(view, student)
+
+
+def side_by_side_tabular(view: PartView, student: str) -> list[str]:
+    """Equal iterations next to equal compute (suite key compare_at), one row per method."""
+    rows = side_by_side(view, student)
+    if not rows:
+        return []
+    name = view.compute.title
+    lines = [(f"% {tex(view.info.title)} ({tex(view.info.name)}), student {tex(student)}: equal iterations vs "
+             f"{tex(name)}"), r"\begin{tabular}{lrlllrrlllr}", r"\toprule",
+             rf"& \multicolumn{{5}}{{c}}{{Equal iterations (the paper's view)}} & \multicolumn{{5}}{{c}}{{{tex(name)}}} \\",
+             r"\cmidrule(lr){2-6} \cmidrule(lr){7-11}",
+             "Method" + r" & Iterations & mIoU (last) & Paired gain & $p$ (Holm) & GPU-h" * 2 + r" \\", r"\midrule"]
+    for r in rows:
+        values = [r["method"]] + [v[k] for v in (r["iterations"], r["compute"])
+                                  for k in ("iterations", "miou", "gain", "p", "device_hours")]
+        lines.append(" & ".join(tex(v) for v in values) + r" \\")
+    effects = [e["text"] for e in view.compute.effects if e["student"] == student and view.seed_count > 1]
+    note = compute_budget_text(view.compute) + "".join(f" Minimal detectable effect at equal compute: {e}."
+                                                       for e in effects)
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", r"{\footnotesize " + tex(note) + "}",
+              r"\par\medskip", ""]
     return lines
 
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from benchmark.report.tables import TOLERANCE, PartView, Report, comparison_grid, has_gain_claims, status_line
+from benchmark.report.tables import (
+    TOLERANCE,
+    PartView,
+    Report,
+    comparison_grid,
+    compute_budget_text,
+    has_gain_claims,
+    side_by_side,
+    status_line,
+    tests_note,
+)
 
 FLOPS_NOTE = "GFLOPs at the stated input size; fvcore counts one multiply-add as one FLOP."
 
@@ -78,14 +88,42 @@ def comparison_lines(view: PartView) -> list[str]:
 def results_lines(view: PartView, student: str) -> list[str]:
     frame = view.cells[(view.cells["student"] == student) & view.cells["implemented"]].sort_values("order")
     selected = ", ".join(sorted({s for s in frame["best_selected_on"] if s})) or "–"
-    header = ["Method", "n", "mIoU last", "Δ none", "paired gain [95% CI]", f"mIoU best ({selected})",
-              "paired gain best", "PixAcc", "Params (M)", "GFLOPs", "Extra params", "GPU-h", "Claimed", "Δ claim",
-              "Status"]
-    rows = [[r.method, str(r.n), r.final_text, r.delta_none_text, r.gain_text, r.best_text, r.gain_best_text,
-             r.pa_text, r.params_text, r.gflops_text, r.method_params_text, r.device_hours_text, r.claim_text,
+    header = ["Method", "n", "mIoU last", "Δ none", "paired gain [95% CI]", "p (Holm)", "MDE",
+              f"mIoU best ({selected})", "paired gain best", "p (Holm) best", "PixAcc", "Params (M)", "GFLOPs",
+              "Extra params", "GPU-h", "Claimed", "Δ claim", "Status"]
+    rows = [[r.method, str(r.n), r.final_text, r.delta_none_text, r.gain_text, r.p_text, r.mde_text, r.best_text,
+             r.gain_best_text, r.p_best_text, r.pa_text, r.params_text, r.gflops_text, r.method_params_text, r.device_hours_text, r.claim_text,
              r.claim_delta_text + (" ⚠" if r.flag else ""), r.status + (f" ({r.failed} failed)" if r.failed and r.n
                                                                          else "")] for r in frame.itertuples()]
     return table(header, rows)
+
+
+def statistics_lines(view: PartView) -> list[str]:
+    """The table header's statistics: tests and correction, detectable effects, the equal-compute budget."""
+    lines = [esc(tests_note(view.seed_count)), ""]
+    if view.seed_count > 1:
+        lines += [esc("Minimal detectable effect (80% power, α = 0.05): " + ("; ".join(e["text"] for e in view.effects)
+                                                                            or "–") + "."), ""]
+    if view.compute is not None:
+        lines += [esc(compute_budget_text(view.compute)), ""]
+        if view.seed_count > 1:
+            lines += [esc("Minimal detectable effect at equal compute: " + ("; ".join(
+                e["text"] for e in view.compute.effects) or "–") + "."), ""]
+    return lines
+
+
+def side_by_side_lines(view: PartView, student: str) -> list[str]:
+    """Equal iterations next to equal compute, one line per method."""
+    rows = side_by_side(view, student)
+    if not rows:
+        return []
+    name = view.compute.title
+    header = ["Method"] + [f"{what}: {column}" for what in ("equal iterations", name)
+                           for column in ("iterations", "mIoU last", "paired gain [95% CI]", "p (Holm)", "GPU-h")]
+    body = [[r["method"]] + [v[k] + (f" ({v['status']})" if k == "miou" and v["status"] else "")
+                             for v in (r["iterations"], r["compute"])
+                             for k in ("iterations", "miou", "gain", "p", "device_hours")] for r in rows]
+    return [f"#### {esc(student)}: equal iterations vs {esc(name)}", ""] + table(header, body)
 
 
 def render_markdown(report: Report) -> str:
@@ -109,11 +147,12 @@ def render_markdown(report: Report) -> str:
         lines += [esc("; ".join(meta) + "."), ""]
         if info.reproduction:
             lines += [esc(f"Reproduction protocol: {info.reproduction}."), ""]
+        lines += statistics_lines(view)
         lines += ["### Comparison with the paper", ""] + comparison_lines(view)
         for student in dict.fromkeys(view.cells["student"]) if not view.cells.empty else []:
             if student not in info.students:
                 continue
-            lines += [f"### {esc(student)}", ""] + results_lines(view, student)
+            lines += [f"### {esc(student)}", ""] + results_lines(view, student) + side_by_side_lines(view, student)
     if report.teachers:
         lines += ["## Teachers", ""]
         lines += table(["Model", "Dataset", "Split", "mIoU", "PixAcc", "Params (M)", "GPU-h", "Key"],

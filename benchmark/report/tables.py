@@ -9,8 +9,11 @@ Conventions (stated in the report too):
 - paired gain: mean over common seeds of (method_seed − none_seed), with a 95% t-interval (n−1 dof).
 - a claim is compared with the checkpoint it states: "best" -> best-on-selection-split, else the last one.
 - a reproduction is marked when it is outside the paper's ± or more than 1 mIoU from the claim.
-- status: "reproduced" only where a claim exists and the reproduction is not marked; otherwise it says which way
-  and by how much ("below claim by 3.10"), or "no claim", "not run", "failed" (see :func:`row_status`).
+- status: "reproduced" only where a claim exists and is met: with more than one seed, the claim lies within our 95%
+  t-interval of the mean ("reproduced: within our 95% interval"; otherwise "below claim by 1.20: claim above our
+  95% interval"); with one seed, the reproduction is not marked ("reproduced: within tolerance", "below claim by
+  3.10: outside tolerance"); or "no claim", "not run", "failed" (see :func:`row_status`).
+- paired tests against the baseline, Holm's correction, the minimal detectable effect: :mod:`.significance`.
 - a claimed gain (``miou_delta``, points over ``none``) is compared with the reproduced paired gain on the
   checkpoint the claim states, with the same mark rule; Kendall's τ ranks only claims with an absolute mIoU.
 """
@@ -26,6 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from benchmark.report.significance import ALPHA, CORRECTION, POWER, detectable_effect, holm, paired_test, pooled_sd
 from benchmark.store import METRICS, read_json
 
 #: A reproduction further than this from the claim (mIoU points) is marked, whatever the paper's ±.
@@ -35,6 +39,8 @@ NOT_RUN = "not run"
 NO_STUDENT = "not reproduced: student not in this suite"
 NO_CLAIM = "no claim"
 REPRODUCED = "reproduced"
+#: The rule words after the status (which rule judged the claim): see :func:`row_status`.
+IN_INTERVAL, IN_TOLERANCE, OUT_OF_TOLERANCE = "within our 95% interval", "within tolerance", "outside tolerance"
 #: What a row's status can be, in the order the report counts them (``status_kind`` of a row).
 STATUS_KINDS = ("reproduced", "below claim", "above claim", "not comparable", "no claim", "not run", "failed",
                 "not implemented", "student not in suite")
@@ -314,6 +320,7 @@ class PartInfo:
     protocol: str | None = None  # the table's (paper's) protocol
     reproduction: str = ""  # our protocol, from a run's resolved config
     protocol_card: dict[str, Any] | None = None  # the recipe's card (Suite.protocol_record), from the suite record
+    compute: dict[str, Any] | None = None  # the equal-compute view (ComputeView.record), from the suite record
 
     @property
     def anchor(self) -> str:
@@ -343,7 +350,7 @@ def parts_from(suite: dict[str, Any] | None, runs: pd.DataFrame) -> list[PartInf
                 methods=methods, method_components=components, seeds=list(part.get("seeds") or []),
                 claims=list(part.get("claims") or []), run_keys=list(part.get("run_keys") or []),
                 baseline=_baseline(methods, components), protocol=(table or {}).get("protocol"),
-                protocol_card=part.get("protocol")))
+                protocol_card=part.get("protocol"), compute=part.get("compute")))
     else:
         for name in sorted(runs["part"].dropna().unique()):
             sub = runs[runs["part"] == name]
@@ -375,6 +382,8 @@ def stale_runs(runs: pd.DataFrame, parts: list[PartInfo]) -> pd.DataFrame:
     keep = pd.Series(False, index=runs.index)
     for part in parts:
         keep |= runs.index.isin(part_runs(runs, part).index)
+        if part.compute:
+            keep |= (runs["part"] == part.name) & runs["run_key"].isin(part.compute["run_keys"])
     return runs[~keep]
 
 
@@ -383,6 +392,8 @@ def reproduction_protocol(records: list[dict[str, Any]], part: PartInfo) -> str:
     for record in records:
         if record.get("suite") != part.name or not record.get("config"):
             continue
+        if part.run_keys is not None and record.get("run_key") not in part.run_keys:
+            continue  # an older configuration, or a run of the equal-compute view (its own iterations)
         config = record["config"]
         dataset = config.get("dataset") or {}
         schedule = config.get("schedule") or {}
@@ -478,9 +489,13 @@ def cells(runs: pd.DataFrame, part: PartInfo, unfinished: list[dict[str, Any]]) 
                 row["gain"], row["gain_low"], row["gain_high"], row["gain_n"] = paired_ci(diffs)
                 g = paired_ci(diffs_best)
                 row["gain_best"], row["gain_best_low"], row["gain_best_high"], row["gain_best_n"] = g
+                row["differences"], row["differences_best"] = diffs, diffs_best
+                row["p_value"] = paired_test(dict(zip(own["seed"], own["final_miou"])), base_final)[0]
+                row["p_value_best"] = paired_test(dict(zip(own["seed"], own["best_miou"])), base_best)[0]
             else:
                 row.update(gain=math.nan, gain_low=math.nan, gain_high=math.nan, gain_n=0, gain_best=math.nan,
                            gain_best_low=math.nan, gain_best_high=math.nan, gain_best_n=0)
+                row.update(differences=[], differences_best=[], p_value=math.nan, p_value_best=math.nan)
             # The claim, compared with the checkpoint it states.
             row["claim"] = claim
             row["claim_miou"] = claim["miou"] if claim and finite(claim.get("miou")) else math.nan
@@ -494,6 +509,9 @@ def cells(runs: pd.DataFrame, part: PartInfo, unfinished: list[dict[str, Any]]) 
             row["compared_on"] = ("best" if compare_best else "last") if claim else None
             reproduced = best[0] if compare_best else final[0]
             row["reproduced"] = reproduced
+            # The reproduced mean's 95% t-interval over seeds: the verdict's rule where there is more than one.
+            _, row["reproduced_low"], row["reproduced_high"], row["reproduced_n"] = paired_ci(
+                own["best_miou"] if compare_best else own["final_miou"])
             row["claim_delta"] = (reproduced - row["claim_miou"] if finite(row["claim_miou"]) and finite(reproduced)
                                   else math.nan)
             row["flag"] = _mark(row["claim_delta"], row["claim_pm"], "the claim")
@@ -513,21 +531,23 @@ def cells(runs: pd.DataFrame, part: PartInfo, unfinished: list[dict[str, Any]]) 
             expected = len(part.seeds) if part.seeds else final[2]
             row["status"], row["status_kind"] = row_status(row, implemented, student in part.students, expected,
                                                            pending)
+            row["status_rule"] = verdict_rule(row)
             row["failed"] = pending.get("failed", 0)
             rows.append(row)
     frame = pd.DataFrame(rows)
     if not frame.empty:
-        frame = add_text(frame)
+        frame = add_text(add_tests(frame))
     return frame
 
 
 def row_status(row: dict[str, Any], implemented: bool, in_suite: bool, expected: int,
                pending: dict[str, int]) -> tuple[str, str]:
-    """(status text, kind) of one row: "reproduced" only where a claim is met within the stated tolerance.
+    """(status text, kind) of one row: "reproduced" only where a claim is met, and the rule that says so.
 
-    Within the tolerance means unmarked by :func:`_mark` (inside the paper's ± where it states one, and at most
+    With more than one seed the claim must lie within our 95% t-interval (:func:`verdict_interval`); with one,
+    within the tolerance: unmarked by :func:`_mark` (inside the paper's ± where it states one, and at most
     TOLERANCE mIoU away). An absolute claim is compared first; a claim stating only a gain compares the paired
-    gain. Fewer finished seeds than the suite asks for are named after the word.
+    gain. Fewer finished seeds than the suite asks for are named after the words.
     """
     if not implemented:
         return NOT_IMPLEMENTED, "not implemented"
@@ -550,10 +570,43 @@ def row_status(row: dict[str, Any], implemented: bool, in_suite: bool, expected:
     if not finite(delta):
         reason = "no paired baseline run" if what == "claimed gain" else "no finite mIoU"
         return f"{what} not comparable: {reason}" + seeds, "not comparable"
+    interval = verdict_interval(row)
+    if interval is not None:
+        claimed = row["claim_miou"] if what == "claim" else row["claim_gain"]
+        low, high = interval
+        if low <= claimed <= high:
+            return f"{word}: {IN_INTERVAL}" + seeds, "reproduced"
+        side = "below" if claimed > high else "above"
+        return (f"{side} {what} by {abs(delta):.2f}: {what} {'above' if side == 'below' else 'below'} our 95% "
+                f"interval" + seeds, f"{side} claim")
     if not flag:
-        return word + seeds, "reproduced"
+        return f"{word}: {IN_TOLERANCE}" + seeds, "reproduced"
     side = "below" if delta < 0 else "above"
-    return f"{side} {what} by {abs(delta):.2f}" + seeds, f"{side} claim"
+    return f"{side} {what} by {abs(delta):.2f}: {OUT_OF_TOLERANCE}" + seeds, f"{side} claim"
+
+
+def verdict_interval(row: dict[str, Any]) -> tuple[float, float] | None:
+    """The 95% t-interval a claim is judged by (the interval rule), or None where the tolerance rule applies.
+
+    An absolute claim is judged by the interval of the reproduced mean over seeds, a claimed gain by that of the
+    paired gain; with one seed (or one pair) there is no interval and the tolerance rule of :func:`_mark` decides.
+    """
+    if finite(row.get("claim_miou")):
+        low, high, n = row.get("reproduced_low"), row.get("reproduced_high"), row.get("reproduced_n", 0)
+    elif finite(row.get("claim_gain")):
+        low, high, n = row.get("reproduced_gain_low"), row.get("reproduced_gain_high"), row.get("reproduced_gain_n", 0)
+    else:
+        return None
+    if n is None or n < 2 or not finite(low) or not finite(high):
+        return None
+    return float(low), float(high)
+
+
+def verdict_rule(row: dict[str, Any]) -> str:
+    """Which rule gave a row's status: "interval" (n > 1), "tolerance" (one seed), "" (nothing compared)."""
+    if row.get("status_kind") not in ("reproduced", "below claim", "above claim"):
+        return ""
+    return "interval" if verdict_interval(row) is not None else "tolerance"
 
 
 def status_counts(views: list[PartView]) -> list[tuple[str, int]]:
@@ -568,8 +621,9 @@ def status_counts(views: list[PartView]) -> list[tuple[str, int]]:
 def status_line(report: Report) -> str:
     """The summary sentence of every format: 'Table rows: 2 reproduced, 1 below claim, 3 no claim.'"""
     counts = ", ".join(f"{count} {kind}" for kind, count in report.status_counts) or "none"
-    return (f"Table rows: {counts}. \"reproduced\" only where a claim is met within the paper's ± (where stated) "
-            f"and {TOLERANCE:g} mIoU.")
+    return (f"Table rows: {counts}. \"reproduced\" only where a claim lies within our 95% t-interval of the mean "
+            f"over seeds (of the paired gain for a claimed gain), or, with one seed, within the paper's ± (where "
+            f"stated) and {TOLERANCE:g} mIoU.")
 
 
 def _mark(delta: float, pm: float, what: str) -> str:
@@ -583,6 +637,82 @@ def _mark(delta: float, pm: float, what: str) -> str:
     return "; ".join(flags)
 
 
+def add_tests(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per student of a table: Holm-adjusted p-values over its methods (the family: every method row with a test
+    against the baseline), significance after adjustment, the pooled per-seed sd of the paired differences and
+    each row's minimal detectable effect at its number of pairs; for the last and the best checkpoint."""
+    frame = frame.copy()
+    for suffix in ("", "_best"):
+        frame["p_holm" + suffix] = math.nan
+        frame["sd_pooled" + suffix] = math.nan
+        frame["mde" + suffix] = math.nan
+    for index in frame.groupby("student", sort=False).groups.values():
+        sub = frame.loc[index]
+        tested = sub[sub["implemented"] & ~sub["is_baseline"]]
+        if tested.empty:
+            continue
+        for suffix, pairs in (("", "gain_n"), ("_best", "gain_best_n")):
+            frame.loc[tested.index, "p_holm" + suffix] = holm(tested["p_value" + suffix])
+            sd = pooled_sd(tested["differences" + suffix])[0]
+            frame.loc[tested.index, "sd_pooled" + suffix] = sd
+            frame.loc[tested.index, "mde" + suffix] = [detectable_effect(sd, int(n)) for n in tested[pairs]]
+    for suffix in ("", "_best"):
+        frame["significant" + suffix] = [bool(finite(p) and p < ALPHA) for p in frame["p_holm" + suffix]]
+    return frame
+
+
+def fmt_p(p: float, adjusted: float, significant: bool, pairs: int, is_baseline: bool) -> str:
+    """'0.004 (0.012) *': the paired test's p, its Holm-adjusted p, * when significant after adjustment;
+    'n/a (1 common seed)' where no test is possible."""
+    if is_baseline:
+        return "–"
+    if not finite(p):
+        if not pairs:
+            return "–"
+        return f"n/a ({pairs} common seed{'s' if pairs != 1 else ''})"
+
+    def one(value: float) -> str:
+        return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+    return f"{one(p)} ({one(adjusted)})" + (" *" if significant else "")
+
+
+def detectable_effects(view_cells: pd.DataFrame, seeds: int) -> list[dict[str, Any]]:
+    """Per student: the pooled sd of the paired differences and the minimal detectable effect at ``seeds`` seeds
+    (last and best checkpoint), with the sentence the report's header shows."""
+    out = []
+    if view_cells.empty:
+        return out
+    for student in dict.fromkeys(view_cells["student"]):
+        sub = view_cells[(view_cells["student"] == student) & view_cells["implemented"] & ~view_cells["is_baseline"]]
+        sd, dof, used = pooled_sd(sub["differences"])
+        sd_best, _, _ = pooled_sd(sub["differences_best"])
+        mde, mde_best = detectable_effect(sd, seeds), detectable_effect(sd_best, seeds)
+        if seeds < 2:
+            text = f"{student}: n/a with {seeds} seed (a detectable effect needs at least two paired seeds)"
+        elif not finite(sd):
+            text = f"{student}: n/a (no method has two seeds paired with the baseline yet)"
+        else:
+            text = (f"{student}: {mde:.2f} mIoU at {seeds} seeds (last checkpoint; best {fmt(mde_best)}), from the sd "
+                    f"of the paired differences {sd:.2f} pooled over {used} method{'s' if used != 1 else ''} "
+                    f"({dof} dof)")
+        out.append({"student": student, "sd": sd, "dof": dof, "methods": used, "seeds": seeds, "mde": mde,
+                    "sd_best": sd_best, "mde_best": mde_best, "text": text})
+    return out
+
+
+def tests_note(seeds: int) -> str:
+    """How the report tests, corrects and sizes: the sentence under every table of paired gains."""
+    if seeds == 1:
+        return ("Single-seed table: one run per cell, so no intervals, no paired tests and no detectable effect; "
+                "claims are judged by the tolerance rule.")
+    return (f"p (Holm): two-sided paired t-test against the no-distillation row over the seeds both ran "
+            f"(scipy.stats.ttest_rel), then {CORRECTION}'s step-down correction over the methods of this table and "
+            f"student; * = significant after correction (adjusted p < {ALPHA:g}); n/a with one common seed. "
+            f"MDE: the smallest true gain this table detects with {POWER:.0%} power (two-sided α = {ALPHA:g}, paired "
+            f"t, exact noncentral t) at its number of seeds, from the pooled per-seed sd of the paired differences.")
+
+
 def add_text(frame: pd.DataFrame) -> pd.DataFrame:
     """Formatted columns every renderer uses verbatim."""
     frame = frame.copy()
@@ -593,6 +723,11 @@ def add_text(frame: pd.DataFrame) -> pd.DataFrame:
     frame["gain_text"] = [fmt_ci(*v) for v in zip(frame.gain, frame.gain_low, frame.gain_high, frame.gain_n)]
     frame["gain_best_text"] = [fmt_ci(*v) for v in zip(frame.gain_best, frame.gain_best_low, frame.gain_best_high,
                                                        frame.gain_best_n)]
+    for suffix, pairs in (("", "gain_n"), ("_best", "gain_best_n")):
+        frame["p" + suffix + "_text"] = [fmt_p(*v) for v in zip(frame["p_value" + suffix], frame["p_holm" + suffix],
+                                                                 frame["significant" + suffix], frame[pairs],
+                                                                 frame["is_baseline"])]
+    frame["mde_text"] = [fmt(m) for m in frame.mde]
     frame["params_text"] = [fmt_millions(p) for p in frame.params]
     frame["gflops_text"] = [fmt(g) for g in frame.gflops]
     frame["method_params_text"] = [fmt_count(p) for p in frame.method_params]
@@ -686,7 +821,8 @@ def rows_frame(report: Report) -> pd.DataFrame:
                "claim_miou": "claim_miou", "claim_pm": "claim_pm", "claim_gain": "claim_gain",
                "claim_checkpoint": "claim_checkpoint", "compared_on": "compared_on", "reproduced": "reproduced",
                "claim_delta": "claim_delta", "reproduced_gain": "reproduced_gain", "gain_delta": "gain_delta",
-               "flag": "flag", "gain_flag": "gain_flag", "status": "status", "status_kind": "status_kind"}
+               "flag": "flag", "gain_flag": "gain_flag", "status": "status", "status_kind": "status_kind",
+               "status_rule": "status_rule"}
     frames = []
     for view in report.parts:
         if view.cells.empty:
@@ -708,6 +844,138 @@ class PartView:
     plots: dict[str, str] = field(default_factory=dict)  # name -> data URI
     unfinished: list[dict[str, Any]] = field(default_factory=list)
     qualitative: list[dict[str, Any]] = field(default_factory=list)  # prediction panels (report/qualitative.py)
+    effects: list[dict[str, Any]] = field(default_factory=list)  # per student: detectable_effects
+    compute: ComputeView | None = None  # the equal-compute reading of the table (suite key compare_at)
+
+    @property
+    def seed_count(self) -> int:
+        """The seeds the table asks for (the suite's), else the most any row finished."""
+        if self.info.seeds:
+            return len(self.info.seeds)
+        return int(self.cells["n"].max()) if not self.cells.empty else 0
+
+
+#: summary.csv: per (part, view, student, method), last checkpoint then the ``*_best`` columns for the best one.
+SUMMARY_COLUMNS = ["part", "table", "view", "student", "method", "n", "mean", "std", "n_pairs", "gain", "ci_low",
+                   "ci_high", "p_value", "p_holm", "significant", "mde"]
+_SUMMARY_SOURCES = {"n": ("n", "best_n"), "mean": ("final_mean", "best_mean"), "std": ("final_std", "best_std"),
+                    "n_pairs": ("gain_n", "gain_best_n"), "gain": ("gain", "gain_best"),
+                    "ci_low": ("gain_low", "gain_best_low"), "ci_high": ("gain_high", "gain_best_high"),
+                    "p_value": ("p_value", "p_value_best"), "p_holm": ("p_holm", "p_holm_best"),
+                    "significant": ("significant", "significant_best"), "mde": ("mde", "mde_best")}
+
+
+def summary_frame(report: Report) -> pd.DataFrame:
+    """summary.csv: one row per (part, view, student, method) the suite trains, with the numbers the tables show:
+    mean ± std over seeds, the paired gain over none with its 95% interval, the paired t-test p-value, its Holm
+    adjustment over the methods of the (part, student), and the minimal detectable effect at the row's pairs."""
+    columns = SUMMARY_COLUMNS + [c + "_best" for c in SUMMARY_COLUMNS[5:]] + ["correction"]
+    rows = []
+    for view in report.parts:
+        readings = [("iterations", view.cells)]
+        if view.compute is not None:
+            readings.append((view.compute.budget, view.compute.cells))
+        for name, frame in readings:
+            if frame.empty:
+                continue
+            keep = frame[frame["implemented"] & frame["student"].isin(view.info.students)].sort_values(
+                ["order"], kind="stable")
+            for student in dict.fromkeys(keep["student"]):
+                for r in keep[keep["student"] == student].to_dict("records"):
+                    row = {"part": view.info.name, "table": view.info.title, "view": name, "student": student,
+                           "method": r["method"]}
+                    for column, (last, best) in _SUMMARY_SOURCES.items():
+                        row[column], row[column + "_best"] = r[last], r[best]
+                    row["correction"] = CORRECTION.lower()
+                    rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+# --- the equal-compute view (suite key compare_at; benchmark/compute.py) ---------------------------------------
+
+
+@dataclass
+class ComputeView:
+    """A table read at equal compute: the same rows and students, each trained for one budget."""
+
+    budget: str  # "device_hours" or "wall_clock": the name of this view in summary.csv
+    record: dict[str, Any]  # ComputeView.record of benchmark/compute.py, from the suite record
+    info: PartInfo  # the table with this view's run keys and no claims (claims are of the paper's view)
+    cells: pd.DataFrame
+    runs: pd.DataFrame
+    effects: list[dict[str, Any]]
+
+    @property
+    def title(self) -> str:
+        return self.record.get("name") or self.budget
+
+    def iterations(self, student: str, method: str) -> int | None:
+        return (self.record.get("iterations") or {}).get(student, {}).get(method)
+
+
+def _compute_keys(part: PartInfo) -> list[str]:
+    return list((part.compute or {}).get("run_keys") or [])
+
+
+def compute_reading(runs: pd.DataFrame, part: PartInfo, unfinished: list[dict[str, Any]],
+                    seeds: int) -> ComputeView | None:
+    """The equal-compute view of a part (None without ``compare_at``): every statistic of the table, recomputed on
+    the runs of that view. The papers' claims were measured at equal iterations, so they stay with the table."""
+    if not part.compute:
+        return None
+    from dataclasses import replace
+
+    info = replace(part, run_keys=_compute_keys(part), claims=[])
+    frame = cells(runs, info, unfinished)
+    return ComputeView(budget=part.compute["budget"], record=part.compute, info=info, cells=frame,
+                       runs=part_runs(runs, info), effects=detectable_effects(frame, seeds))
+
+
+def compute_budget_text(view: ComputeView) -> str:
+    """What the equal-compute view holds equal, and where its iteration counts come from."""
+    record = view.record
+    unit = {"device_hours": "device-hours", "wall_clock": "wall-clock hours"}.get(view.budget, view.budget)
+    if record.get("reference"):
+        budgets = ", ".join(f"{student} {fmt(hours, 4)} h" for student, hours in (record.get("budget_hours") or
+                                                                                  {}).items())
+        what = (f"the {unit} the {record['reference']} row costs at the schedule's "
+                f"{record.get('reference_iterations')} iterations" + (f" ({budgets} per run)" if budgets else ""))
+    else:
+        what = f"{record.get('hours'):g} {unit} per run (stated in the suite)"
+    devices = ", ".join(record.get("devices") or []) or "–"
+    text = (f"Equal compute: every row trained for {what}; a row's iterations = budget / its step time, rounded to "
+            f"a multiple of {record.get('round_to')}, from step times profiled once before training on {devices} "
+            f"({record.get('profile_file')}). The paper compares at equal iterations (every method runs the "
+            f"schedule): its claims are read against that view.")
+    if record.get("pending"):
+        text += f" Not yet profiled: {', '.join(record['pending'])}."
+    return text
+
+
+def side_by_side(view: PartView, student: str) -> list[dict[str, Any]]:
+    """Rows of the two views of one student's table: per method, the equal-iterations and the equal-compute
+    numbers (iterations, mIoU last, paired gain, p (Holm), device-hours)."""
+    compute = view.compute
+    if compute is None or view.cells.empty:
+        return []
+    reference_iterations = compute.record.get("reference_iterations")
+
+    def texts(frame: pd.DataFrame, method: str, iterations) -> dict[str, str]:
+        match = frame[(frame["student"] == student) & (frame["method"] == method)] if not frame.empty else frame
+        if match.empty:
+            return {"iterations": "–", "miou": "–", "gain": "–", "p": "–", "device_hours": "–", "status": ""}
+        r = match.iloc[0]
+        return {"iterations": str(iterations) if iterations is not None else "–", "miou": r["final_text"],
+                "gain": r["gain_text"], "p": r["p_text"], "device_hours": r["device_hours_text"],
+                "status": "" if r["n"] else r["status"]}
+
+    rows = []
+    own = view.cells[(view.cells["student"] == student) & view.cells["implemented"]].sort_values("order")
+    for method, is_baseline in zip(own["method"], own["is_baseline"]):
+        rows.append({"method": method, "is_baseline": bool(is_baseline),
+                     "iterations": texts(view.cells, method, reference_iterations),
+                     "compute": texts(compute.cells, method, compute.iterations(student, method))})
+    return rows
 
 
 # --- the whole report -----------------------------------------------------------------------------------
@@ -732,7 +1000,7 @@ class Report:
 
 
 def unfinished_rows(unfinished: list[dict[str, Any]], parts: list[PartInfo]) -> list[dict[str, Any]]:
-    owner = {key: part.name for part in parts for key in (part.run_keys or [])}
+    owner = {key: part.name for part in parts for key in (part.run_keys or []) + _compute_keys(part)}
     rows = []
     for entry in unfinished:
         config = entry.get("config") or {}
@@ -816,9 +1084,12 @@ def collect(results_dir: Path) -> Report:
     for part in parts:
         part.reproduction = reproduction_protocol(records, part)
         frame = cells(runs, part, unfinished)
-        owner_keys = set(part.run_keys or [])
-        views.append(PartView(info=part, cells=frame, rankings=rankings(frame), runs=part_runs(runs, part),
-                              unfinished=[u for u in unfinished if u.get("run_key") in owner_keys]))
+        owner_keys = set(part.run_keys or []) | set(_compute_keys(part))
+        view = PartView(info=part, cells=frame, rankings=rankings(frame), runs=part_runs(runs, part),
+                        unfinished=[u for u in unfinished if u.get("run_key") in owner_keys])
+        view.effects = detectable_effects(frame, view.seed_count)
+        view.compute = compute_reading(runs, part, unfinished, view.seed_count)
+        views.append(view)
     return Report(
         name=(suite or {}).get("name") or results_dir.name,
         description=(suite or {}).get("description") or "",
