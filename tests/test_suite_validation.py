@@ -97,20 +97,25 @@ def test_malformed_suite_exits_2_with_one_clear_message(tmp_path, capsys, label,
 def test_valid_suite_expands_to_student_method_seed_grid(tmp_path):
     data = mutate(lambda d: d.update(seeds=[0, 1]))
     suite = load_suite(write(tmp_path, data)).parts[0]
-    runs, teachers = expand(suite)
+    runs, _ = expand(suite)
     assert len(runs) == 1 * 2 * 2
     assert len({r.key for r in runs}) == 4
     assert [r.needs_teacher for r in runs] == [False, False, True, True]
-    kd = [r for r in runs if r.method_label == "kd"][0]
+    kd = next(r for r in runs if r.method_label == "kd")
     assert kd.config["method"]["components"][0]["hparams"] == {"temperature": 4.0, "loss_weight": 1.0, "point": "logits"}
 
 
 def test_run_key_ignores_paths_and_workers_but_not_hyperparameters(tmp_path):
-    base = load_suite(write(tmp_path, VALID)).parts[0]
-    moved = load_suite(write(tmp_path, mutate(lambda d: d.update(runtime={"num_workers": 3})), "b.yaml")).parts[0]
-    changed = load_suite(write(tmp_path, mutate(lambda d: d["methods"][1]["hparams"].update(temperature=2.0)),
+    """(The property over every field is tests/test_run_key.py.)"""
+    camvid = {"name": "camvid", "root": "/data/CamVid", "crop": [32, 32]}
+    base = load_suite(write(tmp_path, mutate(lambda d: d.update(dataset=camvid)))).parts[0]
+    moved = load_suite(write(tmp_path, mutate(lambda d: d.update(dataset={**camvid, "root": "~/elsewhere/CamVid"},
+                                                                runtime={"num_workers": 3})), "b.yaml")).parts[0]
+    changed = load_suite(write(tmp_path, mutate(lambda d: (d.update(dataset=camvid),
+                                                           d["methods"][1]["hparams"].update(temperature=2.0))),
                                "c.yaml")).parts[0]
     keys = lambda s: {r.method_label: r.key for r in expand(s)[0]}
+    assert base.dataset.root != moved.dataset.root and base.runtime != moved.runtime
     assert keys(base) == keys(moved)
     assert keys(base)["kd"] != keys(changed)["kd"] and keys(base)["none"] == keys(changed)["none"]
 
