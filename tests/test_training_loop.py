@@ -1,0 +1,265 @@
+"""The training loop itself (``run_training`` on tiny models and synthetic data): the teacher's mode and
+inference mode at every step, best-on-val selection from scripted scores (with ``best.pt`` on a separate split),
+a resumed run that continues rather than restarts, and the lr the optimizer actually used."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import benchmark.engine.train as train_module
+from benchmark.engine.checkpoint import load_checkpoint
+from benchmark.engine.train import TrainJob, run_training
+from benchmark.models.base import freeze
+from benchmark.registry import MODELS
+from benchmark.suite import Suite
+
+NUM_CLASSES = 7  # the synthetic dataset's
+VAL, TEST = 8, 12  # split sizes, so a scripted evaluation can tell the splits apart
+
+SUITE = {
+    "name": "loop",
+    "dataset": {"name": "synthetic", "crop": [32, 32], "scale_range": [1.0, 1.0],
+                "options": {"image_size": 32, "num_train": 16, "num_val": VAL, "num_test": TEST}},
+    "schedule": {"iterations": 6, "batch_size": 4, "lr": 0.01, "eval_every": 0, "eval_batch_size": 8,
+                 "checkpoint_every": 3, "log_every": 2},
+    "students": [{"model": "tiny_student"}],
+    "methods": [{"name": "none"}],
+    "seeds": [0],
+}
+LOG = logging.getLogger("tests.training_loop")
+
+
+def make_job(folder: Path, methods=None, teacher=None, dataset=None, **schedule) -> TrainJob:
+    """A job exactly as the runner builds one from a validated suite."""
+    data = copy.deepcopy(SUITE)
+    data["schedule"].update(schedule)
+    data["dataset"].update(dataset or {})
+    suite = Suite(**data)
+    return TrainJob(name="loop", folder=folder, dataset=suite.dataset.resolved(), dataset_root=suite.dataset.root,
+                    schedule=suite.schedule, model_name="tiny_student", model_options={}, seed=0,
+                    methods=methods or [{"name": "none", "hparams": {}}], teacher=teacher,
+                    runtime=suite.runtime.model_dump())
+
+
+def tiny_teacher(seed: int = 1):
+    torch.manual_seed(seed)
+    return freeze(MODELS.get("tiny_teacher")(NUM_CLASSES))
+
+
+def record_teacher_calls(teacher) -> list[tuple[bool, bool]]:
+    calls: list[tuple[bool, bool]] = []
+    teacher.register_forward_pre_hook(
+        lambda module, args: calls.append((module.training, torch.is_inference_mode_enabled())))
+    return calls
+
+
+# --- the teacher --------------------------------------------------------------------------------------------------
+
+ATTNFD = {"teacher_attention": "untrained", "points": ["decoder:pre_relu"]}
+
+
+@pytest.mark.parametrize("name,hparams,train_mode", [
+    ("kd", {}, False),
+    ("attnfd", {**ATTNFD, "teacher_mode": "eval"}, False),
+    ("attnfd", {**ATTNFD, "teacher_mode": "train"}, True),  # the AttnFD code's batch-statistics teacher
+], ids=["kd", "attnfd-eval", "attnfd-train"])
+def test_teacher_runs_once_per_step_in_the_methods_mode_under_inference_mode(tmp_path, name, hparams, train_mode):
+    teacher = tiny_teacher()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    calls = record_teacher_calls(teacher)
+    record = run_training(make_job(tmp_path, [{"name": name, "hparams": hparams}], teacher), torch.device("cpu"), LOG)
+    assert len(calls) == record["iterations"] == 6, "one teacher forward per step, none at evaluation"
+    assert calls == [(train_mode, True)] * 6, f"(teacher.training, inference mode) per step: {calls}"
+    moved = [k for k, v in teacher.state_dict().items() if not torch.equal(v, before[k])]
+    if train_mode:
+        assert any("running_mean" in k for k in moved), "a train-mode teacher updates its BatchNorm statistics"
+    else:
+        assert not moved, f"an eval-mode teacher changed: {moved}"
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_teacher_mode_of_a_combined_row_is_its_components(tmp_path):
+    teacher = tiny_teacher()
+    calls = record_teacher_calls(teacher)
+    methods = [{"name": "kd", "hparams": {}},
+               {"name": "attnfd", "hparams": {**ATTNFD, "teacher_mode": "train"}}]
+    with pytest.raises(ValueError, match="disagree on the teacher's mode"):
+        run_training(make_job(tmp_path, methods, teacher), torch.device("cpu"), LOG)
+    assert not calls
+
+
+# --- best-on-val selection ----------------------------------------------------------------------------------------
+
+
+class ScriptedEvaluation:
+    """Stands in for `evaluate`: returns the next scripted mIoU of the split it is given, and remembers the weights
+    of each model it scored (so the test can tell which student was kept)."""
+
+    def __init__(self, selection: list[float], final: list[float], selection_size: int = VAL):
+        self.scores = {selection_size: list(selection), TEST if selection_size == VAL else VAL: list(final)}
+        self.calls: list[tuple[int, float, dict]] = []
+
+    def __call__(self, model, loader, *args, **kwargs):
+        size = len(loader.dataset)
+        miou = self.scores[size].pop(0)
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.calls.append((size, miou, weights))
+        return {"miou": miou, "pixel_accuracy": miou / 2, "per_class_iou": [miou] * NUM_CLASSES}
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_best_on_val_on_the_evaluation_split_keeps_the_best_iteration(tmp_path, monkeypatch):
+    """Selection split = evaluation split (val): scores at 2, 4, 6 and the final 8; the best (0.7 at 4) is kept."""
+    scripted = ScriptedEvaluation(selection=[0.3, 0.7, 0.5, 0.4], final=[])
+    monkeypatch.setattr(train_module, "evaluate", scripted)
+    record = run_training(make_job(tmp_path, iterations=8, eval_every=2), torch.device("cpu"), LOG)
+    assert [(size, miou) for size, miou, _ in scripted.calls] == [(VAL, 0.3), (VAL, 0.7), (VAL, 0.5), (VAL, 0.4)]
+    assert record["final"]["miou"] == 0.4 and record["final"]["iteration"] == 8
+    best = record["best"]
+    assert (best["iteration"], best["miou"], best["selected_on"], best["split"]) == (4, 0.7, "val", "val")
+    assert [h["iteration"] for h in record["history"]] == [2, 4, 6, 8]
+    assert [h["miou"] for h in record["history"]] == [0.3, 0.7, 0.5, 0.4]
+    assert not (tmp_path / "best.pt").exists(), "no separate weights needed when the scores are the split's own"
+
+
+def test_best_on_a_separate_selection_split_is_scored_on_the_evaluation_split_from_best_pt(tmp_path, monkeypatch):
+    """Selection on val, evaluation on test: the student of the best val score (iteration 4) is saved to best.pt and
+    scored on test; the last student is scored on test as `final`."""
+    scripted = ScriptedEvaluation(selection=[0.3, 0.7, 0.5, 0.4], final=[0.45, 0.66])
+    monkeypatch.setattr(train_module, "evaluate", scripted)
+    job = make_job(tmp_path, iterations=8, eval_every=2, dataset={"eval_split": "test", "selection_split": "val"})
+    record = run_training(job, torch.device("cpu"), LOG)
+    sizes = [size for size, _, _ in scripted.calls]
+    assert sizes == [VAL, VAL, VAL, TEST, VAL, TEST], "val at 2, 4, 6; test (final); val at 8; test (best)"
+    at_four = scripted.calls[1][2]
+    best_weights = load_checkpoint(tmp_path / "best.pt")["model"]
+    assert _same_weights(best_weights, at_four), "best.pt holds the student of the best selection score"
+    assert _same_weights(scripted.calls[5][2], at_four), "the best student is the one scored on the evaluation split"
+    assert not _same_weights(scripted.calls[3][2], at_four), "the final score is the last student's"
+    assert record["final"] | {"per_class_iou": None} == {"split": "test", "iteration": 8, "miou": 0.45,
+                                                         "pixel_accuracy": 0.225, "per_class_iou": None}
+    best = record["best"]
+    assert (best["selected_on"], best["split"], best["iteration"]) == ("val", "test", 4)
+    assert (best["selection_miou"], best["miou"]) == (0.7, 0.66)
+
+
+def test_when_the_last_student_is_best_its_final_scores_are_reused(tmp_path, monkeypatch):
+    scripted = ScriptedEvaluation(selection=[0.3, 0.5, 0.6, 0.9], final=[0.8])
+    monkeypatch.setattr(train_module, "evaluate", scripted)
+    job = make_job(tmp_path, iterations=8, eval_every=2, dataset={"eval_split": "test", "selection_split": "val"})
+    record = run_training(job, torch.device("cpu"), LOG)
+    assert len(scripted.calls) == 5, "no second evaluation of the same student"
+    assert (record["best"]["iteration"], record["best"]["miou"], record["best"]["selection_miou"]) == (8, 0.8, 0.9)
+
+
+def test_selection_can_be_switched_off(tmp_path, monkeypatch):
+    scripted = ScriptedEvaluation(selection=[], final=[0.5])
+    monkeypatch.setattr(train_module, "evaluate", scripted)
+    job = make_job(tmp_path, iterations=4, eval_every=2, dataset={"eval_split": "test", "selection_split": "none"})
+    record = run_training(job, torch.device("cpu"), LOG)
+    assert record["best"] is None and record["history"] == [] and len(scripted.calls) == 1
+
+
+# --- resume and the optimizer's lr ----------------------------------------------------------------------------------
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_at(teacher, step: int) -> list:
+    """Kill the run (an exception out of the loop) at the teacher forward of 0-based step ``step``."""
+    calls = []
+
+    def hook(module, args):
+        calls.append(len(calls))
+        if len(calls) == step + 1:
+            raise Interrupt
+
+    teacher.register_forward_pre_hook(hook)
+    return calls
+
+
+def test_a_resumed_run_continues_its_iterations_lr_and_optimizer_state(tmp_path):
+    """Interrupted after the checkpoint at 3, the rerun trains steps 3..5 only and ends with exactly the weights and
+    numbers of an uninterrupted run; a restart from 0, or a resume without the optimizer's momentum or the
+    scheduler's position, ends elsewhere."""
+    kd = [{"name": "kd", "hparams": {"temperature": 2.0}}]
+    schedule = {"iterations": 6, "checkpoint_every": 3, "lr": 0.05, "warmup_iterations": 2}
+    whole = run_training(make_job(tmp_path / "whole", kd, tiny_teacher(), **schedule), torch.device("cpu"), LOG)
+
+    teacher = tiny_teacher()
+    interrupt_at(teacher, 4)
+    with pytest.raises(Interrupt):
+        run_training(make_job(tmp_path / "cut", kd, teacher, **schedule), torch.device("cpu"), LOG)
+    saved = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert saved["progress"]["iteration"] == 3
+    # poly after a 2-step warm-up: the lr of step 3 is 0.05 * (1 - 3/6) ** 0.9
+    assert saved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.5**0.9, rel=1e-12)
+    assert all("momentum_buffer" in state for state in saved["optimizer"]["state"].values())
+
+    teacher = tiny_teacher()
+    calls = record_teacher_calls(teacher)
+    resumed = run_training(make_job(tmp_path / "cut", kd, teacher, **schedule), torch.device("cpu"), LOG)
+    assert len(calls) == 3, f"the resumed run trained {len(calls)} steps, not the 3 left"
+    for key in ("final", "best", "history", "iterations", "last_losses"):
+        assert resumed[key] == whole[key], key
+    assert _same_weights(resumed["student_model"].state_dict(), whole["student_model"].state_dict())
+    end = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert end["progress"]["iteration"] == 6
+    assert end["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-15)
+
+    # the same three steps from a fresh optimizer (momentum lost) or a fresh scheduler (lr back at warm-up) differ
+    for lose in ("optimizer", "scheduler"):
+        folder = tmp_path / f"lost-{lose}"
+        folder.mkdir()
+        damaged = copy.deepcopy(saved)
+        fresh = torch.optim.SGD(MODELS.get("tiny_student")(NUM_CLASSES).parameters(), lr=0.05, momentum=0.9)
+        if lose == "optimizer":
+            damaged["optimizer"]["state"] = {}
+        else:
+            damaged["scheduler"] = torch.optim.lr_scheduler.LambdaLR(fresh, lambda i: (i + 1) / 2).state_dict()
+            damaged["optimizer"]["param_groups"][0]["lr"] = 0.025
+        torch.save(damaged, folder / "checkpoint.pt")
+        other = run_training(make_job(folder, kd, tiny_teacher(), **schedule), torch.device("cpu"), LOG)
+        assert not _same_weights(other["student_model"].state_dict(), whole["student_model"].state_dict()), (
+            f"the resume test cannot tell a lost {lose} state")
+
+
+@pytest.mark.parametrize("schedule", [
+    {"iterations": 8, "lr_schedule": "poly", "poly_power": 2.0},
+    {"iterations": 8, "lr_schedule": "cosine", "min_lr": 0.001},
+    {"iterations": None, "epochs": 2, "lr_schedule": "poly", "poly_power": 2.0},  # 16 images / batch 4: 8 steps
+], ids=["poly", "cosine", "epochs"])
+def test_the_optimizer_steps_with_the_scheduled_lr(tmp_path, monkeypatch, schedule):
+    """The lr the loop leaves in the optimizer at each checkpoint, against the closed form over the whole run."""
+    import math
+
+    lr = 0.04
+    job = make_job(tmp_path, lr=lr, checkpoint_every=2, **schedule)
+    seen = {}
+    real_save = train_module.save_checkpoint
+
+    def spy(path, state):
+        if Path(path).name == "checkpoint.pt":
+            seen[state["progress"]["iteration"]] = [g["lr"] for g in state["optimizer"]["param_groups"]]
+        real_save(path, state)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", spy)
+    run_training(job, torch.device("cpu"), LOG)
+    assert sorted(seen) == [2, 4, 6, 8]
+    for iteration, lrs in seen.items():
+        progress = iteration / 8
+        if schedule["lr_schedule"] == "poly":
+            expected = lr * (1 - progress) ** 2.0
+        else:
+            expected = 0.001 + (lr - 0.001) * 0.5 * (1 + math.cos(math.pi * progress))
+        assert lrs == pytest.approx([expected] * len(lrs), rel=1e-9, abs=1e-15), iteration
