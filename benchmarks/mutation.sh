@@ -19,7 +19,7 @@ else  # a partial rerun keeps the other mutants' results; refresh the tests and 
     git -C "$repo" archive HEAD | tar -x -C "$work"
 fi
 export SEGKD_SHARED="${SEGKD_SHARED:-$(cd "$repo/.." && pwd)/shared}"
-export OMP_NUM_THREADS=1 SEGKD_TEST_THREADS=1
+export OMP_NUM_THREADS=1 SEGKD_TEST_THREADS=1 SEGKD_HYPOTHESIS_EXAMPLES="${SEGKD_HYPOTHESIS_EXAMPLES:-40}"
 cd "$work"
 started=$(date +%s)
 mutmut run --max-children "${MUTATION_JOBS:-1}" "$@" || true

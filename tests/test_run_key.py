@@ -10,6 +10,7 @@ no-distillation run's (which does not). Every field of the suite's schema must b
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 import typing
 from pathlib import Path
@@ -170,7 +171,11 @@ def keys_of(data: dict) -> dict[str, str]:
 BASE_KEYS = keys_of(BASE)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+#: Fewer examples per mutant in the mutation run (benchmarks/mutation.sh), where this test runs hundreds of times.
+EXAMPLES = int(os.environ.get("SEGKD_HYPOTHESIS_EXAMPLES", "150"))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(sorted(FIELDS)), min_size=1, max_size=3, unique=True).flatmap(
     lambda paths: st.tuples(*(st.tuples(st.just(p), FIELDS[p][0]) for p in paths))))
 def test_run_key_changes_exactly_with_the_fields_that_change_a_result(changes):
