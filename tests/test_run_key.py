@@ -194,6 +194,16 @@ def test_run_key_changes_exactly_with_the_fields_that_change_a_result(changes):
             assert keys[observed] == BASE_KEYS[observed], f"{observed} key depends on {changes}"
 
 
+@pytest.mark.parametrize("path", sorted(FIELDS))
+@settings(max_examples=max(3, EXAMPLES // 30), deadline=None, suppress_health_check=[HealthCheck.filter_too_much,
+                                                                                    HealthCheck.too_slow])
+@given(data=st.data())
+def test_each_field_alone_changes_exactly_its_keys(path, data):
+    """Every field on its own, so none depends on the draws above (a key that hashes the dataset root fails here)."""
+    test_run_key_changes_exactly_with_the_fields_that_change_a_result.hypothesis.inner_test(
+        ((path, data.draw(FIELDS[path][0], label=path)),))
+
+
 def _schema_fields() -> set[str]:
     """Every field path of the suite schema, as the table above names them."""
     fields = {f"{name}" for name in Suite.model_fields}
