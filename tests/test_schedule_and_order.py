@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
-from benchmark.engine.loader import IterationBatchSampler
+from benchmark.engine.loader import IterationBatchSampler, train_loader
 from benchmark.engine.train import lr_lambda
 from benchmark.suite import ScheduleConfig
 
@@ -118,3 +119,41 @@ def test_order_does_not_depend_on_where_the_run_starts():
 def test_a_split_smaller_than_one_global_batch_is_refused():
     with pytest.raises(ValueError, match="fewer than one global batch"):
         IterationBatchSampler(7, 4, 0, 10, world_size=2)
+
+
+def test_the_sampler_says_how_many_batches_it_yields():
+    for start in (0, 3, PER_EPOCH * 2 - 1):
+        sampler = IterationBatchSampler(LENGTH, BATCH, 1, PER_EPOCH * 2, start_iteration=start)
+        assert len(sampler) == len(list(sampler)) == PER_EPOCH * 2 - start
+
+
+class Indices(torch.utils.data.Dataset):
+    """A dataset whose sample is its own index, so a loader's batches show which images it drew."""
+
+    def __len__(self) -> int:
+        return LENGTH
+
+    def __getitem__(self, index: int):
+        return torch.tensor(index), torch.tensor(0)
+
+
+def draw_augmentation(image, mask):
+    """A transform whose only work is one random draw: what the sampler's per-sample seed decides."""
+    return image, torch.randint(0, 10**6, ())
+
+
+def test_the_train_loader_gives_each_rank_its_share_of_the_global_batch():
+    """Batch 4 in one process vs 2 per rank in two: rank 0's and rank 1's batches together are the single process's
+    batches, image for image and random draw for random draw (each sample's seed comes from the sampler)."""
+
+    def batches(batch_size: int, **ranks) -> list[list[tuple[int, int]]]:
+        loader = train_loader(Indices(), draw_augmentation, batch_size, 4, 6, 1, 0, False, **ranks)
+        return [list(zip(images.tolist(), draws.tolist())) for images, draws in loader]
+
+    single = batches(BATCH)
+    assert single == batches(BATCH, rank=0, world_size=1)
+    assert [[i for i, _ in b] for b in single] == [[i for i, _ in b] for b in
+                                                   list(IterationBatchSampler(LENGTH, BATCH, 4, 6))[1:]]
+    first, second = batches(BATCH // 2, rank=0, world_size=2), batches(BATCH // 2, rank=1, world_size=2)
+    assert len(first) == len(second) == len(single) == 5
+    assert [a + b for a, b in zip(first, second)] == single
