@@ -263,3 +263,103 @@ def test_the_optimizer_steps_with_the_scheduled_lr(tmp_path, monkeypatch, schedu
         else:
             expected = 0.001 + (lr - 0.001) * 0.5 * (1 + math.cos(math.pi * progress))
         assert lrs == pytest.approx([expected] * len(lrs), rel=1e-9, abs=1e-15), iteration
+
+
+# --- the optimizer as the schedule configures it -----------------------------------------------------------------
+
+
+def _optimizer_state(folder: Path) -> dict:
+    return load_checkpoint(folder / "checkpoint.pt")["optimizer"]
+
+
+@pytest.mark.parametrize("fields", [
+    {"optimizer": "sgd", "momentum": 0.8, "nesterov": True, "weight_decay": 5e-4},
+    {"optimizer": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
+    {"optimizer": "adamw", "weight_decay": 0.01},
+], ids=["sgd-nesterov", "sgd-plain", "adamw"])
+def test_the_optimizer_is_the_schedules(tmp_path, fields):
+    methods = [{"name": "ickd", "hparams": {}}]  # a method with its own trainable connector
+    job = make_job(tmp_path, methods, tiny_teacher(), iterations=2, checkpoint_every=2, lr=0.02, method_lr_mult=10.0,
+                   lr_schedule="constant", **fields)
+    run_training(job, torch.device("cpu"), LOG)
+    state = _optimizer_state(tmp_path)
+    student_group, method_group = state["param_groups"]
+    assert student_group["lr"] == pytest.approx(0.02) and method_group["lr"] == pytest.approx(0.2)
+    for group in (student_group, method_group):
+        assert group["weight_decay"] == fields["weight_decay"]
+        if fields["optimizer"] == "sgd":
+            assert (group["momentum"], group["nesterov"]) == (fields["momentum"], fields["nesterov"])
+        else:
+            assert "betas" in group and "momentum" not in group
+    student_count = sum(p.numel() for p in MODELS.get("tiny_student")(NUM_CLASSES).parameters())
+    assert len(student_group["params"]) == len(list(MODELS.get("tiny_student")(NUM_CLASSES).parameters()))
+    assert student_count > 0 and len(method_group["params"]) > 0
+
+
+def test_gradient_clipping_bounds_the_step(tmp_path):
+    """One plain SGD step (lr 1, no momentum or decay) with the gradient norm clipped to 1e-3 moves the parameters
+    by exactly 1e-3 in norm (the unclipped gradient is far larger)."""
+    torch.manual_seed(0)
+    initial = MODELS.get("tiny_student")(NUM_CLASSES).state_dict()
+    moved = {}
+    for clip in (1e-3, None):
+        folder = tmp_path / str(clip)
+        job = make_job(folder, iterations=1, checkpoint_every=1, lr=1.0, momentum=0.0, weight_decay=0.0,
+                       lr_schedule="constant", grad_clip_norm=clip)
+        student = run_training(job, torch.device("cpu"), LOG)["student_model"]
+        steps = [(p.detach() - initial[name]).reshape(-1) for name, p in student.named_parameters()]
+        moved[clip] = float(torch.cat(steps).norm())
+    assert moved[1e-3] == pytest.approx(1e-3, rel=1e-3)
+    assert moved[None] > 10 * 1e-3
+
+
+def test_the_record_times_the_run(tmp_path):
+    record = run_training(make_job(tmp_path, iterations=4), torch.device("cpu"), LOG)
+    timing = record["timing"]
+    assert timing["wall_seconds"] > 0 and timing["world_size"] == 1 and timing["device"] == "cpu"
+    assert timing["device_hours"] == pytest.approx(timing["wall_seconds"] / 3600, rel=1e-12)
+    assert timing["seconds_per_iteration"] == pytest.approx(timing["wall_seconds"] / 4, rel=1e-12)
+    assert timing["peak_memory_bytes"] > 10 * 2**20 and "RSS" in timing["peak_memory_kind"]
+    assert record["iterations"] == 4 and record["iterations_per_epoch"] == 4 and record["method_params"] == 0
+
+
+def test_last_losses_are_the_mean_of_the_last_logging_window(tmp_path, monkeypatch):
+    """A scripted cross-entropy (1, 2, ..., 6 at steps 1..6): with log_every 4 the stored means are those of steps 5-6
+    (the last, shorter window), with log_every 3 those of steps 4-6."""
+    from benchmark.engine import step as step_module
+
+    for log_every, expected in ((4, (5 + 6) / 2), (3, (4 + 5 + 6) / 3)):
+        calls = []
+        real = step_module.segmentation_loss
+
+        def scripted(student, logits, features, labels, ignore_index, calls=calls, real=real):
+            terms = real(student, logits, features, labels, ignore_index)
+            calls.append(None)
+            return {"ce": terms["ce"] * 0 + len(calls)}
+
+        monkeypatch.setattr(step_module, "segmentation_loss", scripted)
+        record = run_training(make_job(tmp_path / str(log_every), log_every=log_every), torch.device("cpu"), LOG)
+        assert record["last_losses"]["ce"] == pytest.approx(expected)
+        assert record["last_losses"]["total"] == pytest.approx(expected)
+
+
+def test_a_non_finite_loss_stops_the_run_at_the_next_log(tmp_path, monkeypatch):
+    from benchmark.engine import step as step_module
+    from benchmark.engine.train import NonFiniteLossError
+
+    real = step_module.segmentation_loss
+    monkeypatch.setattr(step_module, "segmentation_loss",
+                        lambda *args: {"ce": real(*args)["ce"] * float("nan")})
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at iteration 2"):
+        run_training(make_job(tmp_path, log_every=2), torch.device("cpu"), LOG)
+    assert not (tmp_path / "checkpoint.pt").exists(), "nothing of a diverged run is kept to resume from"
+
+
+def test_checkpoints_at_their_interval_and_at_the_end(tmp_path, monkeypatch):
+    saved = []
+    real_save = train_module.save_checkpoint
+    monkeypatch.setattr(train_module, "save_checkpoint",
+                        lambda path, state: (saved.append((Path(path).name, state.get("progress", {}).get("iteration"))),
+                                             real_save(path, state)))
+    run_training(make_job(tmp_path, iterations=7, checkpoint_every=3), torch.device("cpu"), LOG)
+    assert saved == [("checkpoint.pt", 3), ("checkpoint.pt", 6), ("checkpoint.pt", 7)]
