@@ -314,7 +314,12 @@ def test_gradient_clipping_bounds_the_step(tmp_path):
 
 
 def test_the_record_times_the_run(tmp_path):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     record = run_training(make_job(tmp_path, iterations=4), torch.device("cpu"), LOG)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert before <= record["timing"]["peak_memory_bytes"] <= after, "peak memory is the process's max RSS in bytes"
     timing = record["timing"]
     assert timing["wall_seconds"] > 0 and timing["world_size"] == 1 and timing["device"] == "cpu"
     assert timing["device_hours"] == pytest.approx(timing["wall_seconds"] / 3600, rel=1e-12)
