@@ -275,7 +275,7 @@ def _optimizer_state(folder: Path) -> dict:
 @pytest.mark.parametrize("fields", [
     {"optimizer": "sgd", "momentum": 0.8, "nesterov": True, "weight_decay": 5e-4},
     {"optimizer": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
-    {"optimizer": "adamw", "weight_decay": 0.01},
+    {"optimizer": "adamw", "weight_decay": 0.05},  # not AdamW's own default (0.01): the schedule's value must arrive
 ], ids=["sgd-nesterov", "sgd-plain", "adamw"])
 def test_the_optimizer_is_the_schedules(tmp_path, fields):
     methods = [{"name": "ickd", "hparams": {}}]  # a method with its own trainable connector
@@ -368,3 +368,52 @@ def test_checkpoints_at_their_interval_and_at_the_end(tmp_path, monkeypatch):
                                              real_save(path, state)))
     run_training(make_job(tmp_path, iterations=7, checkpoint_every=3), torch.device("cpu"), LOG)
     assert saved == [("checkpoint.pt", 3), ("checkpoint.pt", 6), ("checkpoint.pt", 7)]
+
+
+# --- bf16 autocast and channels_last: on CUDA only, unless switched ---------------------------------------------------
+
+
+@pytest.mark.parametrize("device,runtime,autocast", [
+    ("cuda", {}, True), ("cuda", {"amp": "auto"}, True), ("cuda", {"amp": "bf16"}, True), ("cuda", {"amp": "off"}, False),
+    ("cpu", {}, False), ("cpu", {"amp": "bf16"}, False),
+])
+def test_bf16_autocast_only_on_cuda(device, runtime, autocast):
+    import contextlib
+    import warnings
+
+    from benchmark.engine.train import autocast_context
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "CUDA is not available": the decision is what is tested
+        context = autocast_context(torch.device(device), runtime)
+    if autocast:
+        assert isinstance(context, torch.autocast)
+        assert (context.device, context.fast_dtype) == ("cuda", torch.bfloat16)
+    else:
+        assert isinstance(context, contextlib.nullcontext)
+
+
+@pytest.mark.parametrize("device,setting,expected", [
+    ("cuda", None, True), ("cuda", "auto", True), ("cuda", "off", False), ("cuda", "on", True),
+    ("cpu", None, False), ("cpu", "auto", False), ("cpu", "on", True), ("cpu", "off", False),
+])
+def test_channels_last_on_cuda_unless_switched(device, setting, expected):
+    from benchmark.engine.train import use_channels_last
+
+    runtime = {} if setting is None else {"channels_last": setting}
+    assert use_channels_last(torch.device(device), runtime) is expected
+
+
+def test_channels_last_on_cpu_gives_the_same_numbers(tmp_path):
+    records = [run_training(make_job(tmp_path / setting, iterations=3), torch.device("cpu"), LOG)
+               if setting == "off" else
+               run_training(_with_runtime(make_job(tmp_path / setting, iterations=3), channels_last="on"),
+                            torch.device("cpu"), LOG)
+               for setting in ("off", "on")]
+    assert records[0]["final"]["miou"] == pytest.approx(records[1]["final"]["miou"], abs=1e-6)
+    assert records[0]["last_losses"]["ce"] == pytest.approx(records[1]["last_losses"]["ce"], rel=1e-4)
+
+
+def _with_runtime(job: TrainJob, **runtime) -> TrainJob:
+    job.runtime = {**job.runtime, **runtime}
+    return job
