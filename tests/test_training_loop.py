@@ -210,6 +210,7 @@ def test_a_resumed_run_continues_its_iterations_lr_and_optimizer_state(tmp_path)
     calls = record_teacher_calls(teacher)
     resumed = run_training(make_job(tmp_path / "cut", kd, teacher, **schedule), torch.device("cpu"), LOG)
     assert len(calls) == 3, f"the resumed run trained {len(calls)} steps, not the 3 left"
+    assert resumed["timing"]["wall_seconds"] > saved["progress"]["elapsed"] > 0, "the first part's time counts too"
     for key in ("final", "best", "history", "iterations", "last_losses"):
         assert resumed[key] == whole[key], key
     assert _same_weights(resumed["student_model"].state_dict(), whole["student_model"].state_dict())
@@ -417,3 +418,91 @@ def test_channels_last_on_cpu_gives_the_same_numbers(tmp_path):
 def _with_runtime(job: TrainJob, **runtime) -> TrainJob:
     job.runtime = {**job.runtime, **runtime}
     return job
+
+
+# --- what else the loop promises --------------------------------------------------------------------------------------
+
+
+def test_the_method_stage_runs_on_its_own_batches_before_training(tmp_path):
+    """AttnFD's teacher-attention stage: ceil(0.5 epoch x 4 steps) = 2 teacher forwards with grad in eval mode, then
+    one inference-mode forward per training step; the stage does not shift the student's data order."""
+    teacher = tiny_teacher()
+    calls = record_teacher_calls(teacher)
+    stage = {"points": ["decoder:pre_relu"], "teacher_attention": "trained", "attention_epochs": 0.5}
+    record = run_training(make_job(tmp_path, [{"name": "attnfd", "hparams": stage}], teacher), torch.device("cpu"),
+                          LOG)
+    assert calls == [(False, False)] * 2 + [(False, True)] * 6
+    assert record["iterations_per_epoch"] == 4
+
+
+def test_hooks_are_removed_after_the_run_and_the_teacher_can_serve_the_next(tmp_path):
+    teacher = tiny_teacher()
+    hooks_before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in teacher.modules())
+    record = run_training(make_job(tmp_path, [{"name": "kd", "hparams": {}}], teacher), torch.device("cpu"), LOG)
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in teacher.modules()) == hooks_before
+    student = record["student_model"]
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in student.modules()) == 0
+
+
+def test_history_names_the_split_that_scored_it(tmp_path, monkeypatch):
+    scripted = ScriptedEvaluation(selection=[0.1, 0.2], final=[])
+    monkeypatch.setattr(train_module, "evaluate", scripted)
+    record = run_training(make_job(tmp_path, iterations=4, eval_every=2), torch.device("cpu"), LOG)
+    assert record["history"] == [{"iteration": 2, "split": "val", "miou": 0.1},
+                                 {"iteration": 4, "split": "val", "miou": 0.2}]
+
+
+@pytest.mark.parametrize("save", [True, False])
+def test_teachers_keep_their_final_weights(tmp_path, save):
+    job = make_job(tmp_path, iterations=2)
+    job.save_weights = save
+    record = run_training(job, torch.device("cpu"), LOG)
+    if save:
+        assert _same_weights(load_checkpoint(tmp_path / "model.pt"), record["student_model"].state_dict())
+    else:
+        assert not (tmp_path / "model.pt").exists()
+
+
+def test_a_method_that_rescales_the_task_loss_is_obeyed(tmp_path):
+    """LFD's self-normalised task loss enters the total as 1 (CE / sg(CE)); the total is its terms plus that one."""
+    record = run_training(make_job(tmp_path, [{"name": "lfd", "hparams": {"start_iter": 0}}], tiny_teacher(),
+                                   log_every=1), torch.device("cpu"), LOG)
+    losses = record["last_losses"]
+    distill = sum(v for k, v in losses.items() if k not in ("ce", "aux_ce", "total"))
+    assert losses["ce"] != pytest.approx(1.0, abs=1e-3)
+    assert losses["total"] == pytest.approx(distill + 1.0, rel=1e-5)
+
+
+def test_evaluation_scores_every_image_of_the_split_once(tmp_path):
+    """The loop's evaluation against an independent count (numpy, image by image) over all 8 validation images,
+    with an evaluation batch that does not divide the split; the model comes back in the mode it was in."""
+    import numpy as np
+
+    from benchmark.data.transforms import EvalTransform
+    from benchmark.engine.loader import eval_loader
+    from benchmark.engine.train import evaluate
+    from benchmark.registry import DATASETS
+
+    spec = DATASETS.get("synthetic")
+    split = spec.build("val", None, image_size=32, num_train=16, num_val=VAL, num_test=TEST)
+    torch.manual_seed(0)
+    model = MODELS.get("tiny_student")(NUM_CLASSES).train()
+    scores = evaluate(model, eval_loader(split, EvalTransform(), 3, 0, False), NUM_CLASSES, 255, torch.device("cpu"),
+                      {}, "nan_excluded")
+    assert model.training
+    model.eval()
+    intersection, union = np.zeros(NUM_CLASSES), np.zeros(NUM_CLASSES)
+    with torch.no_grad():
+        for index in range(len(split)):
+            image, label = EvalTransform()(*split[index])
+            predicted = model(image[None]).argmax(1)[0].numpy()
+            label = label.numpy()
+            valid = label != 255
+            for c in range(NUM_CLASSES):
+                p, g = (predicted == c) & valid, (label == c) & valid
+                intersection[c] += (p & g).sum()
+                union[c] += (p | g).sum()
+    with np.errstate(invalid="ignore"):
+        iou = intersection / union
+    assert scores["miou"] == pytest.approx(float(np.nanmean(iou)), abs=1e-12)
+    assert scores["per_class_iou"] == pytest.approx(iou.tolist(), abs=1e-12, nan_ok=True)
