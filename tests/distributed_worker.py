@@ -42,8 +42,9 @@ def main(out: Path, batch: int) -> None:
     MODELS.register("probe_net")(ProbeNet)
     device = distributed.setup()
     suite = Suite(name="probe", dataset={"name": "synthetic", "crop": [16, 16], "scale_range": [1.0, 1.0],
-                                         "options": {"image_size": 16, "num_train": 16, "num_val": 6}},
-                  schedule={"iterations": 5, "batch_size": batch, "lr": 0.5, "momentum": 0.9, "weight_decay": 0.0,
+                                         "options": {"image_size": 16, "num_train": 20, "num_val": 6}},
+                  # one epoch of 20 images at a global batch of 4: 5 steps, however the batch is split
+                  schedule={"epochs": 1, "batch_size": batch, "lr": 0.5, "momentum": 0.9, "weight_decay": 0.0,
                             "eval_batch_size": 2, "checkpoint_every": 100, "log_every": 1},
                   students=[{"model": "tiny_student"}], methods=[{"name": "none"}], seeds=[0])
     job = TrainJob(name="probe", folder=out / "run", dataset=suite.dataset.resolved(), dataset_root=None,

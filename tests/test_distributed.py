@@ -59,7 +59,7 @@ def _free_port() -> int:
 
 def test_two_gloo_processes_make_the_updates_of_one_process_on_the_whole_batch(tmp_path):
     """Batch 4 in one process vs 2 + 2 in two (a BatchNorm-free model, so only the gradient averaging differs):
-    after 5 SGD steps with momentum the parameters agree, both ranks hold the same ones, and the sharded evaluation
+    after one epoch (5 SGD steps with momentum) the parameters agree, both ranks hold the same ones, and the sharded evaluation
     gives the whole split's scores. Without the all-reduce each rank would follow its own half-batch."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     worker = str(ROOT / "tests" / "distributed_worker.py")

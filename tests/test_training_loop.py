@@ -238,14 +238,16 @@ def test_a_resumed_run_continues_its_iterations_lr_and_optimizer_state(tmp_path)
 @pytest.mark.parametrize("schedule", [
     {"iterations": 8, "lr_schedule": "poly", "poly_power": 2.0},
     {"iterations": 8, "lr_schedule": "cosine", "min_lr": 0.001},
-    {"iterations": None, "epochs": 2, "lr_schedule": "poly", "poly_power": 2.0},  # 16 images / batch 4: 8 steps
+    {"iterations": None, "epochs": 2, "lr_schedule": "poly", "poly_power": 2.0},  # 24 images / batch 4: 12 steps
 ], ids=["poly", "cosine", "epochs"])
 def test_the_optimizer_steps_with_the_scheduled_lr(tmp_path, monkeypatch, schedule):
     """The lr the loop leaves in the optimizer at each checkpoint, against the closed form over the whole run."""
     import math
 
     lr = 0.04
-    job = make_job(tmp_path, lr=lr, checkpoint_every=2, **schedule)
+    total = schedule["iterations"] or 12
+    job = make_job(tmp_path, lr=lr, checkpoint_every=2, dataset={"options": {**SUITE["dataset"]["options"],
+                                                                           "num_train": 24}}, **schedule)
     seen = {}
     real_save = train_module.save_checkpoint
 
@@ -256,9 +258,9 @@ def test_the_optimizer_steps_with_the_scheduled_lr(tmp_path, monkeypatch, schedu
 
     monkeypatch.setattr(train_module, "save_checkpoint", spy)
     run_training(job, torch.device("cpu"), LOG)
-    assert sorted(seen) == [2, 4, 6, 8]
+    assert sorted(seen) == list(range(2, total + 1, 2))
     for iteration, lrs in seen.items():
-        progress = iteration / 8
+        progress = iteration / total
         if schedule["lr_schedule"] == "poly":
             expected = lr * (1 - progress) ** 2.0
         else:
@@ -506,3 +508,33 @@ def test_evaluation_scores_every_image_of_the_split_once(tmp_path):
         iou = intersection / union
     assert scores["miou"] == pytest.approx(float(np.nanmean(iou)), abs=1e-12)
     assert scores["per_class_iou"] == pytest.approx(iou.tolist(), abs=1e-12, nan_ok=True)
+
+
+def test_a_method_used_twice_in_a_row_keeps_both_uses(tmp_path):
+    """CIRKD's CWD on a feature and on the logits: two components of one method, told apart by their keys."""
+    methods = [{"name": "cwd", "key": "cwd_feature", "hparams": {"points": ["decoder"]}},
+               {"name": "cwd", "key": "cwd_logits", "hparams": {}}]
+    record = run_training(make_job(tmp_path, methods, tiny_teacher(), log_every=1), torch.device("cpu"), LOG)
+    terms = set(record["last_losses"]) - {"ce", "total"}
+    assert terms == {"cwd_feature.cwd", "cwd_logits.cwd"}
+    assert record["last_losses"]["cwd_feature.cwd"] != record["last_losses"]["cwd_logits.cwd"]
+    assert record["method_params"] > 0, "the feature use has its own 1x1 connector"
+
+
+def test_a_dataset_on_disk_is_read_from_its_root(tmp_path, monkeypatch):
+    """CamVid's layout in a temporary home folder, named as `~/CamVid`: the root reaches every split."""
+    from fixtures_data import make_camvid
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    make_camvid(tmp_path / "CamVid", {"train": 4, "val": 2, "test": 3})
+    data = copy.deepcopy(SUITE)
+    data["dataset"] = {"name": "camvid", "root": "~/CamVid", "crop": [32, 32], "eval_size": [36, 48],
+                       "eval_split": "test", "selection_split": "val"}
+    suite = Suite(**data)
+    job = TrainJob(name="camvid", folder=tmp_path / "run", dataset=suite.dataset.resolved(),
+                   dataset_root=suite.dataset.root, schedule=suite.schedule, model_name="tiny_student",
+                   model_options={}, seed=0, methods=[{"name": "none", "hparams": {}}],
+                   runtime=suite.runtime.model_dump())
+    record = run_training(job, torch.device("cpu"), LOG)
+    assert record["iterations_per_epoch"] == 1 and len(record["final"]["per_class_iou"]) == 11
+    assert record["final"]["split"] == "test" and record["best"]["selected_on"] == "val"
