@@ -538,3 +538,10 @@ def test_a_dataset_on_disk_is_read_from_its_root(tmp_path, monkeypatch):
     record = run_training(job, torch.device("cpu"), LOG)
     assert record["iterations_per_epoch"] == 1 and len(record["final"]["per_class_iou"]) == 11
     assert record["final"]["split"] == "test" and record["best"]["selected_on"] == "val"
+
+
+def test_model_options_reach_the_model(tmp_path):
+    job = make_job(tmp_path)
+    job.model_options = {"pretrained": True}  # the tiny models have no weights to load: they must say so
+    with pytest.raises(ValueError, match="has no pretrained weights"):
+        run_training(job, torch.device("cpu"), LOG)
