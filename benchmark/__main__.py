@@ -1,4 +1,5 @@
-"""``python -m benchmark``: run, report, plan, list, models, data, check-reference.
+"""``python -m benchmark``: run, status, report, plan, list, models, data, convert-checkpoint, check-reference,
+protocols.
 
 Exit codes: 0 success; 1 a check found problems (a failed reference case, a dataset with problems, a
 suite with failed runs); 2 bad input (a malformed suite, a missing file), reported in one message with
@@ -15,10 +16,17 @@ from benchmark.suite import SuiteError, load_suite
 
 EXAMPLES = """examples:
   python -m benchmark run suites/smoke.yaml
+  python -m benchmark run suites/paper_tables.yaml --executor local          # one run per GPU of this machine
+  python -m benchmark run suites/paper_tables.yaml --executor slurm --set resources.partition=gpu
+  python -m benchmark status suites/paper_tables.yaml
   python -m benchmark plan suites/paper_tables.yaml
+  python -m benchmark plan suites/paper_tables.yaml --preflight
+  python -m benchmark plan suites/attnfd_table1_voc.yaml --json
   python -m benchmark report results/smoke
   python -m benchmark list
   python -m benchmark data check camvid --root ../shared/datasets/CamVid
+  python -m benchmark convert-checkpoint deeplabv3_resnet101_citys_best_model.pth --format cirkd \
+      --model deeplabv3_r101 --num-classes 19 --out weights/deeplabv3_r101_cirkd.pt
   python -m benchmark check-reference ../shared/reference/loss_vectors.json"""
 
 
@@ -39,7 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "never trained again or overwritten.")
     _suite_arguments(run)
     run.add_argument("--reports", default="reports", help="reports root folder (default: reports)")
+    run.add_argument("--executor", choices=["inline", "local", "slurm"], default=None,
+                     help="inline: one run after another in this process (the default, except after a Slurm "
+                          "submission of the suite: then the report of what has finished); local: a pool of this "
+                          "machine's devices, one run per GPU (on CPU one single-thread process per core); slurm: "
+                          "submit teachers, then their students as job arrays depending on them, and return")
+    run.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="--executor local: N runs at a time (default: the visible GPUs / resources.gpus, or the "
+                          "CPU cores)")
     run.set_defaults(func=cmd_run)
+
+    status = commands.add_parser(
+        "status", help="every run and teacher of a suite: done, running where, queued, interrupted, failed",
+        description="Read RESULTS/<suite>/ (and jobs.json, sacct for Slurm jobs) and print each teacher and run "
+                    "with its state: done, running (host, pid, job, since when), queued (job id), interrupted, "
+                    "failed (reason), pending; then the command that resumes the suite.")
+    _suite_arguments(status)
+    status.set_defaults(func=cmd_status)
 
     plan = commands.add_parser(
         "plan", help="print the expanded grid of a suite: runs, which are done, which teachers are needed",
@@ -49,7 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--profile", action="store_true",
                       help="measure the step time of each student/teacher/method at the suite's crop and batch on "
                            "this machine's device (a few steps each) to estimate device-hours")
+    plan.add_argument("--preflight", action="store_true",
+                      help="first build every model (without weights) and every method on the students and teachers "
+                           "it is paired with; exit 2 naming the suite file, the row and the reason on the first "
+                           "failure (missing datasets and weights are listed, not errors)")
+    plan.add_argument("--json", action="store_true",
+                      help='print only {"runs": [{"key", "suite", "student", "method", "seed", "config"}]}, each config '
+                           "the resolved configuration as the run's config.yaml stores it")
     plan.set_defaults(func=cmd_plan)
+
+    protocols = commands.add_parser(
+        "protocols", help="write docs/protocols.md from the protocol cards of suites/recipes/*.yaml",
+        description="Render every recipe's protocol card (each fact, its value, its source and what the paper says "
+                    "where it differs) as Markdown; --check exits 1 if the file is not what the cards give.")
+    protocols.add_argument("--recipes", type=Path, default=Path("suites/recipes"), help="default: suites/recipes")
+    protocols.add_argument("--out", type=Path, default=Path("docs/protocols.md"), help="default: docs/protocols.md")
+    protocols.add_argument("--check", action="store_true", help="compare instead of writing")
+    protocols.set_defaults(func=cmd_protocols)
 
     report = commands.add_parser(
         "report", help="re-render tables, plots and the HTML report from stored results alone",
@@ -79,6 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(commands)
 
+    convert = commands.add_parser(
+        "convert-checkpoint", help="convert an authors' released checkpoint (CIRKD, pytorch-deeplab-xception) into "
+                                   "a zoo model's names, strictly",
+        description="Rename every tensor of SRC into model NAME's names by the naming rules of its code base, set "
+                    "aside what belongs elsewhere (AttnFD's CBAM modules, duplicate views), check every shape, check "
+                    "that MODELS.get(NAME)(N) loads the result with strict=True, and write it to DST atomically. "
+                    "Any tensor without a place, or any model tensor left unfilled, is an error naming the keys. "
+                    "A cirkd checkpoint needs `dataset.normalization: bgr_mean` wherever it is used.")
+    convert.add_argument("source", type=Path, metavar="SRC", help="the authors' file, e.g. "
+                         "deeplabv3_resnet101_citys_best_model.pth")
+    convert.add_argument("--format", required=True, choices=["cirkd", "deeplab_xception"],
+                         help="cirkd: a bare state dict (winycg/CIRKD); deeplab_xception: {'state_dict': ...} "
+                              "(jfzhang95/pytorch-deeplab-xception, Overhaul, AttnFD, AICSD)")
+    convert.add_argument("--model", required=True, metavar="NAME", help="target zoo model, e.g. deeplabv3_r101")
+    convert.add_argument("--num-classes", required=True, type=int, metavar="N")
+    convert.add_argument("--out", required=True, type=Path, metavar="DST", help="where to write our state dict")
+    convert.set_defaults(func=cmd_convert_checkpoint)
+
     reference = commands.add_parser(
         "check-reference", help="check every loss against the outputs of public reference implementations",
         description="For every case of a loss-vector file: compute our loss on the case's inputs with its "
@@ -97,19 +155,48 @@ def _suite_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args) -> int:
-    from benchmark.runner import run_suite
+    from benchmark.launch import run_with_executor
 
     suite_file = load_suite(args.suite, args.overrides)
-    report = run_suite(suite_file, args.results, args.reports)
+    report = run_with_executor(args.executor, suite_file, args.overrides, args.results, args.reports, args.workers)
     if report is not None:
         print(f"report: {report}")
     return 0
 
 
-def cmd_plan(args) -> int:
-    from benchmark.plan import print_plan
+def cmd_status(args) -> int:
+    from benchmark.status import print_status
 
-    return print_plan(load_suite(args.suite, args.overrides), args.results, profile=args.profile)
+    return print_status(load_suite(args.suite, args.overrides), args.overrides, args.results)
+
+
+def cmd_plan(args) -> int:
+    from benchmark.plan import plan_json, print_plan, run_preflight
+
+    suite_file = load_suite(args.suite, args.overrides)
+    if args.preflight:
+        run_preflight(suite_file, echo=(lambda line: print(line, file=sys.stderr)) if args.json else print)
+    if args.json:
+        print(plan_json(suite_file))
+        return 0
+    return print_plan(suite_file, args.results, profile=args.profile)
+
+
+def cmd_protocols(args) -> int:
+    from benchmark.protocols import render_protocols
+
+    text = render_protocols(args.recipes)
+    if args.check:
+        if not args.out.is_file() or args.out.read_text() != text:
+            print(f"{args.out} is stale: run `python -m benchmark protocols` to regenerate it from {args.recipes}",
+                  file=sys.stderr)
+            return 1
+        print(f"{args.out} is up to date")
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -135,6 +222,22 @@ def cmd_models(args) -> int:
     from benchmark.listing import print_models
 
     return print_models(args.names, tuple(args.size), args.num_classes)
+
+
+def cmd_convert_checkpoint(args) -> int:
+    from benchmark.convert import convert_checkpoint, describe_weights
+    from benchmark.engine.checkpoint import CheckpointError
+    from benchmark.registry import UnknownNameError
+
+    if args.out.resolve() == args.source.resolve():
+        raise SuiteError(f"--out {args.out}: would overwrite the source checkpoint; choose another file")
+    try:
+        conversion = convert_checkpoint(args.source, args.format, args.model, args.num_classes, args.out)
+    except (CheckpointError, UnknownNameError) as error:
+        raise SuiteError(str(error)) from None
+    print(describe_weights(conversion.summary()))
+    print(f"wrote {args.out} ({args.model}, {args.num_classes} classes; load with checkpoint_format: ours)")
+    return 0
 
 
 def cmd_check_reference(args) -> int:

@@ -9,20 +9,24 @@ at the suite's crop and batch on this machine's device, cached in ``results/<sui
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
+import yaml
 
 from benchmark.cost import profile_step
 from benchmark.data.base import DatasetError
 from benchmark.engine.loader import iterations_per_epoch
 from benchmark.engine.prepare import run_prepare
+from benchmark.preflight import check_pairings, missing_weights, structure_builder
 from benchmark.registry import DATASETS, MODELS
 from benchmark.runner import Part, make_plan
 from benchmark.store import atomic_write_json, read_json
-from benchmark.suite import RunSpec, SuiteFile
+from benchmark.suite import RunSpec, SuiteFile, expand
 from methods.base import Batch
 
 PROFILE = "profile.json"
@@ -39,8 +43,8 @@ def _iterations(part: Part) -> int | None:
     schedule = part.suite.schedule
     if schedule.iterations:
         return schedule.iterations
-    counts = {"cityscapes": {"train": 2975}, "voc_aug": {"train_aug": 10582}, "camvid": {"train": 367,
-                                                                                         "train+val": 468}}
+    counts = {"cityscapes": {"train": 2975}, "voc_aug": {"train_aug": 10582, "train": 1464},
+              "camvid": {"train": 367, "train+val": 468}}
     dataset = part.suite.dataset.resolved()
     length = counts.get(dataset["name"], {}).get(dataset["train_split"])
     if length is None:
@@ -93,6 +97,40 @@ def profile_suite(plan, device: torch.device, echo=print) -> dict:
     return cache
 
 
+def measured_step_times(plan) -> dict[str, dict]:
+    """Pair key -> timing of a finished run of this suite (its ``seconds_per_iteration``)."""
+    measured = {}
+    for part in plan.parts:
+        for run in part.runs:
+            folder = plan.run_folder(run)
+            if folder.done:
+                timing = folder.metrics().get("timing", {})
+                if "seconds_per_iteration" in timing:
+                    measured[_pair_key(part, run)] = timing
+    return measured
+
+
+def step_time(part: Part, run: RunSpec, measured: dict, cache: dict, device_type: str) -> dict | None:
+    """The measured step time of a run's (student, teacher, method) pair: finished runs first, then
+    ``plan --profile`` on a GPU, then on ``device_type``."""
+    key = _pair_key(part, run)
+    return measured.get(key) or cache.get(f"{key}|cuda") or cache.get(f"{key}|{device_type}")
+
+
+def estimated_seconds(part: Part, run: RunSpec, measured: dict, cache: dict, device_type: str) -> float | None:
+    """A run's training time from its measured step time and its schedule's iterations, or None."""
+    timing, iterations = step_time(part, run, measured, cache, device_type), _iterations(part)
+    return None if timing is None or iterations is None else timing["seconds_per_iteration"] * iterations
+
+
+#: A time limit leaves room for evaluation, start-up and a slower node: 1.5x the estimate plus 10 minutes.
+TIME_LIMIT_FACTOR, TIME_LIMIT_EXTRA_MIN = 1.5, 10
+
+
+def suggested_time_min(seconds: float) -> int:
+    return math.ceil(TIME_LIMIT_FACTOR * seconds / 60 + TIME_LIMIT_EXTRA_MIN)
+
+
 def print_plan(suite_file: SuiteFile, results_root: str = "results", profile: bool = False) -> int:
     plan = make_plan(suite_file, results_root)
     print(f"suite {suite_file.name} ({suite_file.path}): {len(plan.parts)} table(s), {len(plan.runs)} runs; "
@@ -103,14 +141,7 @@ def print_plan(suite_file: SuiteFile, results_root: str = "results", profile: bo
         cache = profile_suite(plan, device)
     else:
         cache = read_json(profile_path) if profile_path.is_file() else {}
-    measured_in_runs = {}
-    for part in plan.parts:
-        for run in part.runs:
-            folder = plan.run_folder(run)
-            if folder.done:
-                timing = folder.metrics().get("timing", {})
-                if "seconds_per_iteration" in timing:
-                    measured_in_runs[_pair_key(part, run)] = timing
+    measured_in_runs = measured_step_times(plan)
     total_hours, unknown = 0.0, 0
     for part in plan.parts:
         suite = part.suite
@@ -131,7 +162,7 @@ def print_plan(suite_file: SuiteFile, results_root: str = "results", profile: bo
                 state = "must be trained"
             print(f"  teacher {label}: {suite.teachers[label].model} [{teacher.key}] {state}")
         iterations = _iterations(part)
-        part_hours, part_unknown, sources = 0.0, 0, set()
+        part_hours, part_unknown, sources, longest = 0.0, 0, set(), 0.0
         for run in part.runs:
             status = plan.run_folder(run).status()
             reason = f" ({status['reason']})" if status.get("reason") else ""
@@ -139,12 +170,13 @@ def print_plan(suite_file: SuiteFile, results_root: str = "results", profile: bo
             if status["status"] == "done":
                 continue
             key = _pair_key(part, run)
-            timing = measured_in_runs.get(key) or cache.get(f"{key}|cuda") or cache.get(f"{key}|{device.type}")
+            timing = step_time(part, run, measured_in_runs, cache, device.type)
             if timing is None or iterations is None:
                 part_unknown += 1
                 continue
             sources.add("finished runs" if key in measured_in_runs else f"plan --profile on {timing['device']}")
             part_hours += timing["seconds_per_iteration"] * iterations / 3600
+            longest = max(longest, timing["seconds_per_iteration"] * iterations)
         if part_unknown:
             print(f"  estimate: {part_unknown} run(s) without a measured step time: run "
                   f"`python -m benchmark plan {suite_file.path} --profile` on the device you will train on")
@@ -152,8 +184,37 @@ def print_plan(suite_file: SuiteFile, results_root: str = "results", profile: bo
             print(f"  estimate: {part_hours:.3g} device-hours for the unfinished runs with a measured step time "
                   f"({iterations} iterations each; step times from {', '.join(sorted(sources))}; teachers not "
                   f"included)")
+            print(f"  suggested job time limit: --set resources.time={suggested_time_min(longest)} (minutes: "
+                  f"{TIME_LIMIT_FACTOR}x the longest run's estimate + {TIME_LIMIT_EXTRA_MIN})")
         total_hours += part_hours
         unknown += part_unknown
     print(f"\ntotal: {total_hours:.3g} device-hours estimated" + (f", {unknown} run(s) not estimated" if unknown
                                                                  else ""))
     return 0
+
+
+def run_preflight(suite_file: SuiteFile, echo=print) -> None:
+    """Build every pairing of every part (no weights); raise PreflightError on the first failure; list missing weights."""
+    build = structure_builder()
+    total = 0
+    for suite in suite_file.parts:
+        total += check_pairings(suite_file.path, suite, build)
+        for line in missing_weights(suite):
+            echo(f"  {suite.name}: WEIGHTS MISSING: {line}")
+        for deviation in suite.protocol_deviations():
+            echo(f"  {suite.name}: leaves its protocol card ({suite.protocol.name}): {deviation['setting']} is "
+                 f"{deviation['ran']!r}, the card says {deviation['card']!r}")
+    echo(f"preflight {suite_file.path}: {len(suite_file.parts)} table(s), every model and {total} method build(s) "
+         f"ok (structure only: weights and datasets are not loaded)")
+
+
+def plan_json(suite_file: SuiteFile) -> str:
+    """The runs of a suite file, each with its resolved config exactly as its ``config.yaml`` stores it."""
+    runs = []
+    for suite in suite_file.parts:
+        for run in expand(suite)[0]:
+            # Through YAML and back: config.yaml is `yaml.safe_dump(run.config)`, so this is what it reads as.
+            config = yaml.safe_load(yaml.safe_dump(run.config, sort_keys=True))
+            runs.append({"key": run.key, "suite": run.suite, "student": run.student, "method": run.method_label,
+                         "seed": run.seed, "config": config})
+    return json.dumps({"runs": runs}, indent=1, sort_keys=False)

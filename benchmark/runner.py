@@ -4,6 +4,10 @@ Everything that can be checked before training is checked first (datasets on dis
 every method built with its hyperparameters on its models), so a bad suite stops before the first step
 with a message naming the file and key. Then teachers are trained or loaded once, each run is trained
 (or skipped when done, or resumed from its checkpoint), and a failed run is recorded and the suite goes on.
+Several processes, on one host or many, may run one suite into one results folder: each run folder is
+trained by the process holding its lock, and a teacher another process is training is waited for (the
+runs that need it go last), never recorded as a failure. Executors for a device pool or Slurm:
+:mod:`benchmark.launch`.
 """
 
 from __future__ import annotations
@@ -11,8 +15,11 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import logging
+import os
 import platform
+import socket
 import subprocess
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,21 +27,35 @@ from typing import Any
 
 import torch
 
+from benchmark.convert import convert_file, describe_weights, load_weights
 from benchmark.cost import FLOPS_CONVENTION, count_flops
 from benchmark.data.base import DatasetError
 from benchmark.engine import distributed
+from benchmark.engine.board import folder_name
 from benchmark.engine.checkpoint import CheckpointError, load_checkpoint, load_state_strict
-from benchmark.engine.train import NonFiniteLossError, TrainJob, build_method, run_training
+from benchmark.engine.predictions import QualitativePlan, samples_folder, save_teacher_predictions
+from benchmark.engine.train import NonFiniteLossError, TrainJob, run_training
+from benchmark.lock import describe
 from benchmark.models.base import SegmentationModel, count_parameters, freeze
+from benchmark.preflight import PreflightError, check_pairings
+from benchmark.qualitative import check_indices
 from benchmark.registry import DATASETS, MODELS
 from benchmark.store import ResultStore, RunFolder, RunLockedError
-from benchmark.suite import RunSpec, Suite, SuiteError, SuiteFile, TeacherSpec, expand
+from benchmark.suite import RunSpec, Suite, SuiteFile, TeacherSpec, expand
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class PreflightError(SuiteError):
-    """A suite that validated but cannot run here (missing data, unreadable checkpoint, bad hyperparameter)."""
+class TeacherBusy(Exception):
+    """The teacher is being trained by another process (here or on another host) and the caller chose not to wait."""
+
+
+WAIT_POLL_ENV = "SEGKD_WAIT_POLL_S"
+
+
+def _shared(value_on_main):
+    """A decision rank 0 takes from the store, the same on every process (one process: just the value)."""
+    return distributed.broadcast_object(value_on_main() if distributed.is_main() else None)
 
 
 @dataclass
@@ -91,29 +112,40 @@ def preflight(plan: Plan) -> None:
     for part in plan.parts:
         suite = part.suite
         num_classes = DATASETS.get(suite.dataset.name).num_classes
-        for label, teacher in suite.teachers.items():
-            if teacher.checkpoint and not _root(teacher.checkpoint).is_file():
-                raise PreflightError(f"{plan.suite_file.path}: teachers.{label}.checkpoint: no such file "
-                                     f"{teacher.checkpoint}")
-        for s_index, student_cfg in enumerate(suite.students):
-            student = _built_model(student_cfg.model, tuple(sorted(student_cfg.options.items())), num_classes)
-            teacher_label = suite.teacher_for(student_cfg)
-            teacher = None
-            if teacher_label is not None:
-                teacher_cfg = suite.teachers[teacher_label]
-                teacher = _built_model(teacher_cfg.model, tuple(sorted(teacher_cfg.options.items())), num_classes)
-            for m_index, method in enumerate(suite.methods):
-                if method.needs_teacher and teacher is None:
-                    raise PreflightError(f"{plan.suite_file.path}: methods[{m_index}] needs a teacher for "
-                                         f"students[{s_index}]")
+        weights = [(f"teachers.{label}", teacher) for label, teacher in suite.teachers.items()]
+        weights += [(f"students[{index}]", student) for index, student in enumerate(suite.students)]
+        for where, ref in weights:
+            if ref.checkpoint and not _root(ref.checkpoint).is_file():
+                raise PreflightError(f"{plan.suite_file.path}: {where}.checkpoint: no such file {ref.checkpoint}")
+            if ref.checkpoint and ref.checkpoint_format != "ours":
+                # Converting reads the file once more, but a file that cannot be converted stops the suite here.
                 try:
-                    built = build_method([{"name": c.name, "key": c.component_key, "hparams": c.resolved_hparams()}
-                                          for c in method.parts()],
-                                         student, teacher)
-                except (ValueError, KeyError, TypeError) as error:
-                    raise PreflightError(f"{plan.suite_file.path}: methods[{m_index}] ({method.row_label}) on "
-                                         f"{student_cfg.model}: {error}") from None
-                del built
+                    convert_file(_root(ref.checkpoint), ref.checkpoint_format,
+                                 _built_model(ref.model, tuple(sorted(ref.options.items())), num_classes), ref.model)
+                except CheckpointError as error:
+                    raise PreflightError(f"{plan.suite_file.path}: {where}.checkpoint: {error}") from None
+        check_pairings(plan.suite_file.path, suite, _weighted_model)
+    _check_qualitative_indices(plan)
+
+
+def _check_qualitative_indices(plan: Plan) -> None:
+    """Images named by index must exist in the evaluation split (their PNGs are made after training)."""
+    for part in plan.parts:
+        indices = part.suite.report.qualitative_indices
+        if not indices:
+            continue
+        dataset = part.suite.dataset.resolved()
+        length = len(DATASETS.get(dataset["name"]).build(dataset["eval_split"], _root(dataset["root"]),
+                                                         **dataset["options"]))
+        try:
+            check_indices(indices, length, f"{plan.suite_file.path}: {part.suite.name}: report.qualitative_indices")
+        except ValueError as error:
+            raise PreflightError(str(error)) from None
+
+
+def _weighted_model(name: str, options: dict[str, Any], num_classes: int) -> SegmentationModel:
+    """The model as it will train (its ImageNet weights loaded), built once per (name, options) per process."""
+    return _built_model(name, tuple(sorted(options.items())), num_classes)
 
 
 @functools.lru_cache(maxsize=16)
@@ -163,6 +195,7 @@ def suite_record(plan: Plan) -> dict[str, Any]:
             "seeds": list(suite.seeds),
             "claims": [c.model_dump() for c in suite.claims],
             "run_keys": [r.key for r in part.runs],
+            "protocol": suite.protocol_record(),
         })
     return {"name": plan.suite_file.name, "description": plan.suite_file.description,
             "path": str(plan.suite_file.path), "parts": parts}
@@ -182,13 +215,39 @@ def run_logger(path: Path, name: str) -> logging.Logger:
     return logger
 
 
+def record_failure(folder: RunFolder, config: dict[str, Any], reason: str) -> str:
+    """Record a run failed before training, in a folder this process holds; a folder another process holds
+    (it is training that run) or that finished meanwhile is left alone. Returns a ``run_all`` count key."""
+    def record() -> str:
+        try:
+            folder.acquire()
+        except RunLockedError:
+            return "skipped_locked"
+        try:
+            if folder.done:
+                return "done_elsewhere"
+            folder.prepare(config)
+            folder.set_status("failed", reason=reason)
+            return "failed"
+        finally:
+            folder.release()
+
+    return _shared(record)
+
+
 class Runner:
-    def __init__(self, plan: Plan, device: torch.device, echo=print):
+    def __init__(self, plan: Plan, device: torch.device, echo=print, launch: dict[str, Any] | None = None):
         self.plan, self.device, self.echo = plan, device, echo
         self.teachers: dict[str, SegmentationModel] = {}
+        #: What each teacher loaded from a checkpoint file (``convert.load_weights``), for the runs' logs and records.
+        self.teacher_checkpoints: dict[str, dict[str, Any]] = {}
         self._flops: dict[tuple, int] = {}
+        #: How this process was started (executor, job id, host, commits); stored in every record it writes.
+        self.launch = launch or {"executor": "inline", "host": socket.gethostname(), "job_id": None}
 
-    def teacher(self, spec: TeacherSpec, suite: Suite) -> SegmentationModel:
+    def teacher(self, spec: TeacherSpec, suite: Suite, wait: bool = True) -> SegmentationModel:
+        """The frozen teacher: loaded, or trained here once. When another process is training it, wait for it
+        (``wait``) or raise :class:`TeacherBusy`; a teacher is never trained by two processes."""
         if spec.key in self.teachers:
             return self.teachers[spec.key]
         config = suite.teachers[spec.label]
@@ -196,28 +255,51 @@ class Runner:
         model = MODELS.get(config.model)(num_classes, **config.options)
         if spec.checkpoint:
             path = _root(spec.checkpoint)
-            state = load_checkpoint(path)
-            state = state["model"] if isinstance(state.get("model"), dict) else state
-            load_state_strict(model, state, path, f"teacher {config.model}")
-            self.echo(f"teacher {spec.label} ({config.model}): loaded {path}")
+            loaded = load_weights(model, path, config.checkpoint_format, f"teacher {config.model}")
+            self.teacher_checkpoints[spec.key] = loaded
+            self.echo(f"teacher {spec.label} ({config.model}): {describe_weights(loaded)}")
         else:
             folder = self.plan.store.teacher(spec.key)
-            if not folder.done:
+            if folder.done:
+                self.echo(f"teacher {spec.label} ({config.model}): trained already, loading")
+            waited = False
+            while not _shared(lambda: folder.done):
+                holder = _shared(folder.holder)
+                if holder is not None:
+                    if not wait:
+                        raise TeacherBusy(f"teacher {spec.label} is being trained on {describe(holder)}")
+                    if not waited:
+                        self.echo(f"teacher {spec.label} ({config.model}): being trained on {describe(holder)}; "
+                                  "waiting for it")
+                    waited = True
+                    time.sleep(float(os.environ.get(WAIT_POLL_ENV, "5")))
+                    continue
+                status = _shared(folder.status)
+                if waited and status["status"] == "failed":
+                    raise RuntimeError(f"teacher {spec.label} failed in another process: {status.get('reason')}")
                 self.echo(f"teacher {spec.label} ({config.model}): training (once; every run that names it shares it)")
-                job = TrainJob(name=f"teacher {config.model}", folder=folder.path, dataset=suite.dataset.resolved(),
+                job = TrainJob(name=f"teacher {config.model}", folder=folder.path,
+                               dataset=suite.teacher_dataset(spec.label).resolved(),
                                dataset_root=suite.dataset.root, schedule=suite.teacher_schedule(spec.label),
                                model_name=config.model, model_options=config.options, seed=config.seed,
                                methods=[{"name": "none", "hparams": {}}], runtime=suite.runtime.model_dump(),
-                               save_weights=True)
-                self._train(folder, job, {"role": "teacher", "model": config.model, "teacher_key": spec.key},
-                            spec.config, suite)
+                               save_weights=True, qualitative=self.qualitative(suite),
+                               board_name=folder_name("teacher", spec.label, config.model, f"seed{config.seed}"))
+                outcome = self._train(folder, job, {"role": "teacher", "model": config.model,
+                                                    "teacher_key": spec.key}, spec.config, suite)
+                if outcome == "skipped_locked":
+                    waited = True  # another process took it between our look and our lock: wait for that one
+                    continue
                 if not folder.done:
                     raise RuntimeError(f"teacher {spec.label} failed: see {folder.log_path}")
-            else:
-                self.echo(f"teacher {spec.label} ({config.model}): trained already, loading")
             weights = folder.path / "model.pt"
             load_state_strict(model, load_checkpoint(weights), weights, f"teacher {config.model}")
         model = freeze(model.to(self.device))
+        qualitative = self.qualitative(suite)
+        if spec.checkpoint and qualitative is not None and distributed.is_main():
+            save_teacher_predictions(model, suite.dataset.resolved(), _root(suite.dataset.root),
+                                     self.plan.store.teacher(spec.key).path, qualitative, self.device,
+                                     suite.runtime.model_dump())
         self.teachers[spec.key] = model
         return model
 
@@ -231,47 +313,94 @@ class Runner:
         done = sum(self.plan.run_folder(run).done for _, run in runs)
         self.echo(f"{self.plan.suite_file.name}: {len(runs)} runs, {done} already finished, "
                   f"{len(runs) - done} to train")
-        counts = {"done_before": done, "trained": 0, "failed": 0, "skipped_locked": 0}
-        for index, (part, run) in enumerate(runs, start=1):
-            folder = self.plan.run_folder(run)
-            if folder.done:
-                continue
-            label = f"[{index}/{len(runs)}] {part.suite.name}: {run.student} / {run.method_label} / seed {run.seed}"
-            try:
-                teacher = self.teacher(run.teacher, part.suite) if run.teacher else None
-            except (RuntimeError, CheckpointError) as error:
-                self.echo(f"{label}: FAILED before training: {error}")
-                if distributed.is_main():
-                    folder.prepare(run.config)
-                    folder.set_status("failed", reason=f"teacher unavailable: {error}")
-                counts["failed"] += 1
-                continue
-            self.echo(f"{label}: {'resuming' if folder.checkpoint_path.is_file() else 'training'}")
-            job = TrainJob(name=f"{run.student}/{run.method_label}/s{run.seed}", folder=folder.path,
-                           dataset=part.suite.dataset.resolved(), dataset_root=run.dataset_root,
-                           schedule=part.suite.schedule, model_name=run.student,
-                           model_options=run.config["student"]["options"], seed=run.seed,
-                           methods=run.config["method"]["components"], teacher=teacher, runtime=run.runtime)
-            meta = {"role": "student", "suite": run.suite, "table": run.table, "dataset": part.suite.dataset.name,
-                    "student": run.student, "method": run.method_label,
-                    "method_components": run.config["method"]["components"], "seed": run.seed,
-                    "teacher": part.suite.teachers[run.teacher.label].model if run.teacher else None,
-                    "teacher_key": run.teacher.key if run.teacher else None}
-            outcome = self._train(folder, job, meta, run.config, part.suite)
-            counts[outcome] += 1
+        counts = {"done_before": done, "trained": 0, "failed": 0, "skipped_locked": 0, "done_elsewhere": 0}
+        # First pass: runs whose teacher another process is training wait until everything else is trained.
+        pending, busy_teachers = list(enumerate(runs, start=1)), set()
+        for wait in (False, True):
+            deferred = []
+            for index, (part, run) in pending:
+                try:
+                    outcome = self._run(index, len(runs), part, run, wait)
+                except TeacherBusy as busy:
+                    if run.teacher.key not in busy_teachers:
+                        self.echo(f"{busy}: its runs wait until the others are trained")
+                        busy_teachers.add(run.teacher.key)
+                    deferred.append((index, (part, run)))
+                    continue
+                if outcome is not None:
+                    counts[outcome] += 1
+            pending = deferred
         return counts
+
+    def _run(self, index: int, total: int, part: Part, run: RunSpec, wait: bool) -> str | None:
+        """Train one run unless it is done; the outcome (a key of ``run_all``'s counts), None if it was done."""
+        folder = self.plan.run_folder(run)
+        if folder.done:
+            return None
+        label = f"[{index}/{total}] {part.suite.name}: {run.student} / {run.method_label} / seed {run.seed}"
+        try:
+            teacher = self.teacher(run.teacher, part.suite, wait=wait) if run.teacher else None
+        except (RuntimeError, CheckpointError) as error:
+            outcome = record_failure(folder, run.config, f"teacher unavailable: {error}")
+            if outcome == "failed":
+                self.echo(f"{label}: FAILED before training: {error}")
+            return outcome
+        self.echo(f"{label}: {'resuming' if folder.checkpoint_path.is_file() else 'training'}")
+        job = TrainJob(name=f"{run.student}/{run.method_label}/s{run.seed}", folder=folder.path,
+                       dataset=part.suite.dataset.resolved(), dataset_root=run.dataset_root,
+                       schedule=part.suite.schedule, model_name=run.student,
+                       model_options=run.config["student"]["options"], seed=run.seed,
+                       methods=run.config["method"]["components"], teacher=teacher, runtime=run.runtime,
+                       qualitative=self.qualitative(part.suite),
+                       board_name=folder_name(run.suite, run.student, run.method_label, f"seed{run.seed}"),
+                       initial_weights=run.student_checkpoint)
+        meta = {"role": "student", "suite": run.suite, "table": run.table, "dataset": part.suite.dataset.name,
+                "student": run.student, "method": run.method_label,
+                "method_components": run.config["method"]["components"], "seed": run.seed,
+                "teacher": part.suite.teachers[run.teacher.label].model if run.teacher else None,
+                "teacher_key": run.teacher.key if run.teacher else None}
+        if run.teacher and run.teacher.key in self.teacher_checkpoints:
+            meta["teacher_checkpoint"] = self.teacher_checkpoints[run.teacher.key]
+        return self._train(folder, job, meta, run.config, part.suite)
+
+    def qualitative(self, suite: Suite) -> QualitativePlan | None:
+        """The suite's prediction images (``report`` key); None where it asks for none."""
+        report = suite.report
+        if report.qualitative_indices == []:
+            return None
+        indices = tuple(report.qualitative_indices) if report.qualitative_indices is not None else None
+        return QualitativePlan(indices, report.qualitative_max_side,
+                               samples_folder(self.plan.store.root, suite.dataset.resolved(),
+                                              report.qualitative_max_side))
 
     def _train(self, folder: RunFolder, job: TrainJob, meta: dict[str, Any], config: dict[str, Any],
                suite: Suite) -> str:
-        if distributed.is_main():
+        def claim() -> str:
             try:
                 folder.acquire()
             except RunLockedError as error:
                 self.echo(f"  skipped: {error}")
                 return "skipped_locked"
-            folder.prepare(config)
-            folder.set_status("running")
+            if folder.done:  # finished by another process after this one looked
+                folder.release()
+                return "done_elsewhere"
+            try:
+                folder.prepare(config)
+                folder.set_status("running")
+            except BaseException:
+                folder.release()
+                raise
+            return "claimed"
+
+        claimed = _shared(claim)
+        if claimed != "claimed":
+            return claimed
         log = run_logger(folder.log_path, folder.path.name)
+        if "teacher_checkpoint" in meta:
+            log.info("teacher %s: %s", meta["teacher"], describe_weights(meta["teacher_checkpoint"]))
+        if self.launch.get("warning"):
+            log.warning("%s", self.launch["warning"])
+        stopping = False
         try:
             result = run_training(job, self.device, log)
             student = result.pop("student_model")
@@ -292,6 +421,7 @@ class Runner:
                     "method_params": method_params,
                 },
                 "environment": environment(),
+                "launch": self.launch,
                 "config": config,
             }
             if distributed.is_main():
@@ -307,6 +437,11 @@ class Runner:
                 folder.set_status("failed", reason=f"{type(error).__name__}: {error}")
             self.echo(f"  FAILED: {type(error).__name__}: {error} (log: {folder.log_path})")
             return "failed"
+        except BaseException:
+            # Told to stop (a requeue signal exits rank 0 only, Ctrl-C): the other processes may never reach a
+            # barrier, so waiting in one would hang until the job is killed. checkpoint.pt is the resume point.
+            stopping = True
+            raise
         finally:
             for handler in list(log.handlers):
                 handler.close()
@@ -314,7 +449,8 @@ class Runner:
             if distributed.is_main():
                 folder.release()
             # Every process sees rank 0's metrics.json / model.pt before deciding what to do next.
-            distributed.barrier()
+            if not stopping:
+                distributed.barrier()
 
     def _count_flops(self, job: TrainJob, student: SegmentationModel, size: tuple[int, int]) -> int:
         key = (job.model_name, tuple(sorted(job.model_options.items())), tuple(size))
@@ -348,6 +484,7 @@ def run_suite(suite_file: SuiteFile, results_root: str | Path = "results", repor
     counts = Runner(plan, device, echo).run_all()
     echo(f"{suite_file.name}: trained {counts['trained']}, failed {counts['failed']}, "
          f"already finished {counts['done_before']}"
+         + (f", finished by another process {counts['done_elsewhere']}" if counts["done_elsewhere"] else "")
          + (f", skipped (locked by another process) {counts['skipped_locked']}" if counts["skipped_locked"] else ""))
     distributed.barrier()
     if not distributed.is_main():

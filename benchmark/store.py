@@ -2,8 +2,10 @@
 
 A run folder holds ``config.yaml`` (resolved), ``train.log``, ``checkpoint.pt`` (latest; the resume
 point), ``status.json`` (running / failed + reason), and ``metrics.json``, written last and atomically.
-A run is done iff ``metrics.json`` exists. ``lock`` holds the pid of the process training it, so two
-processes never write the same folder. Teachers trained here live in ``teachers/<key>/`` the same way.
+A run is done iff ``metrics.json`` exists. ``lock`` names the process training it (host, pid, Slurm job,
+heartbeat; :mod:`benchmark.lock`), so two processes, on one host or many, never write the same folder.
+Teachers trained here live in ``teachers/<key>/`` the same way. ``jobs.json`` maps run and teacher keys to
+the executor jobs submitted for them (:mod:`benchmark.launch`).
 The report reads this store alone.
 """
 
@@ -17,6 +19,9 @@ from typing import Any
 
 import yaml
 
+from benchmark import lock as run_lock
+from benchmark.lock import RunLockedError
+
 METRICS = "metrics.json"
 STATUS = "status.json"
 CONFIG = "config.yaml"
@@ -24,6 +29,7 @@ CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
 LOCK = "lock"
 SUITE_RECORD = "suite.json"
+JOBS = "jobs.json"
 SCHEMA_VERSION = 1
 
 
@@ -51,19 +57,20 @@ def read_json(path: Path) -> Any:
         return json.load(handle)
 
 
-class RunLockedError(RuntimeError):
-    pass
+__all__ = ["RunLockedError"]  # re-exported: callers catch it from here
 
 
 class RunFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._lock_token: str | None = None
 
     metrics_path = property(lambda self: self.path / METRICS)
     status_path = property(lambda self: self.path / STATUS)
     checkpoint_path = property(lambda self: self.path / CHECKPOINT)
     log_path = property(lambda self: self.path / LOG)
     config_path = property(lambda self: self.path / CONFIG)
+    lock_path = property(lambda self: self.path / LOCK)
 
     @property
     def done(self) -> bool:
@@ -74,10 +81,14 @@ class RunFolder:
             return {"status": "done"}
         if self.status_path.is_file():
             status = read_json(self.status_path)
-            owner = _read_pid(self.path / LOCK)
-            if status.get("status") == "running" and (owner is None or not _alive(owner)):
-                # Killed mid-run: its process is gone, so it is waiting to be resumed, not running.
-                return {"status": "interrupted"}
+            if status.get("status") == "running":
+                holder = self.holder()
+                if holder is None:
+                    # Killed mid-run: its process is gone, so it is waiting to be resumed, not running.
+                    return {"status": "interrupted"}
+                return {**status, "host": holder.get("host"), "pid": holder.get("pid"),
+                        "slurm_job_id": holder.get("slurm_job_id"), "since": holder.get("since"),
+                        "heartbeat": holder.get("heartbeat")}
             return status
         if self.checkpoint_path.is_file():
             return {"status": "interrupted"}
@@ -86,6 +97,7 @@ class RunFolder:
     def prepare(self, config: dict[str, Any]) -> None:
         """Create the folder and its config; an existing config must be the same run's."""
         self.path.mkdir(parents=True, exist_ok=True)
+        run_lock.check_writable(self.lock_path, self._lock_token)
         text = yaml.safe_dump(config, sort_keys=True)
         if self.config_path.is_file() and self.config_path.read_text() != text:
             raise RuntimeError(f"{self.config_path} holds a different configuration; refusing to overwrite it")
@@ -93,11 +105,13 @@ class RunFolder:
             atomic_write_bytes(self.config_path, text.encode())
 
     def set_status(self, status: str, **details: Any) -> None:
+        run_lock.check_writable(self.lock_path, self._lock_token)
         atomic_write_json(self.status_path, {"status": status, **details})
 
     def write_metrics(self, record: dict[str, Any]) -> None:
         if self.done:
             raise RuntimeError(f"{self.metrics_path} exists: a finished run is never overwritten")
+        run_lock.check_writable(self.lock_path, self._lock_token)
         atomic_write_json(self.metrics_path, {"schema": SCHEMA_VERSION, **record})
         self.status_path.unlink(missing_ok=True)
 
@@ -107,42 +121,17 @@ class RunFolder:
     # --- lock ---------------------------------------------------------------------------------------
 
     def acquire(self) -> None:
-        lock = self.path / LOCK
-        self.path.mkdir(parents=True, exist_ok=True)
-        while True:
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = _read_pid(lock)
-                if owner is not None and owner != os.getpid() and _alive(owner):
-                    raise RunLockedError(f"{self.path} is being trained by process {owner}") from None
-                lock.unlink(missing_ok=True)  # a stale lock from a killed process
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(str(os.getpid()))
-            return
+        """Hold this folder (raise :class:`RunLockedError` naming the holder if a live process has it)."""
+        self._lock_token = run_lock.acquire(self.lock_path)
 
     def release(self) -> None:
-        lock = self.path / LOCK
-        if _read_pid(lock) == os.getpid():
-            lock.unlink(missing_ok=True)
+        run_lock.release(self.lock_path, self._lock_token)
+        self._lock_token = None
 
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    def holder(self) -> dict[str, Any] | None:
+        """The live process that holds this folder (host, pid, Slurm job, since), or None."""
+        info = run_lock.read_lock(self.lock_path)
+        return info if run_lock.is_live(info) else None
 
 
 class ResultStore:
@@ -158,6 +147,14 @@ class ResultStore:
 
     def write_suite_record(self, record: dict[str, Any]) -> None:
         atomic_write_json(self.root / SUITE_RECORD, record)
+
+    @property
+    def jobs_path(self) -> Path:
+        return self.root / JOBS
+
+    def jobs(self) -> dict[str, list[dict[str, Any]]]:
+        """Run or teacher key -> the jobs submitted for it, oldest first."""
+        return read_json(self.jobs_path) if self.jobs_path.is_file() else {}
 
 
 def load_records(results_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:

@@ -64,10 +64,28 @@ class DatasetConfig(Strict):
     selection_split: str | None = None
     crop: tuple[StrictInt, StrictInt]
     scale_range: tuple[float, float] = (0.5, 2.0)
+    #: "ratio": both sides times a factor from ``scale_range`` (CIRKD, mmseg); "short_side": the short side set to an
+    #: integer in ``scale_range`` x ``base_size``, flipped before scaling, as pytorch-deeplab-xception's
+    #: ``RandomHorizontalFlip`` + ``RandomScaleCrop`` (see :mod:`benchmark.data.transforms`).
+    scale_mode: Literal["ratio", "short_side"] = "ratio"
+    #: Draw the ratio from {low, low + step, ..., high} instead of uniformly (CIRKD: 0.1). None: uniform.
+    scale_step: float | None = None
+    #: The short side's base length in ``short_side`` mode (pytorch-deeplab-xception ``--base-size``: 513).
+    base_size: StrictInt | None = None
+    #: Colour of the image padding up to the crop: "black" (0), or "mean": the normalisation's mean colour, i.e. 0
+    #: after normalisation (CIRKD pads after subtracting the mean).
+    image_pad: Literal["black", "mean"] = "black"
+    #: Label value of the padding: the ignore index (255), or a class (pytorch-deeplab-xception VOC pads with 0).
+    label_pad: StrictInt = 255
+    #: pytorch-deeplab-xception ``RandomGaussianBlur``: with probability 0.5, blur with sigma ~ U(0, 1).
+    gaussian_blur: StrictBool = False
+    #: Antialiased (PIL-like) bilinear resizing; False is OpenCV's ``INTER_LINEAR`` (CIRKD), which does not filter.
+    resize_antialias: StrictBool = True
     flip: StrictBool = True
     #: Evaluation size: None = full resolution, an int = short side, [h, w] = exact.
     eval_size: StrictInt | tuple[StrictInt, StrictInt] | None = None
     absent_class_policy: Literal["nan_excluded", "zero_included"] = "nan_excluded"
+    normalization: Literal["imagenet", "bgr_mean"] = "imagenet"
 
     @field_validator("name")
     @classmethod
@@ -91,10 +109,32 @@ class DatasetConfig(Strict):
         return value
 
     @model_validator(mode="after")
+    def _scaling(self):
+        if self.scale_mode == "short_side":
+            if self.base_size is None or self.base_size <= 0:
+                raise ValueError("scale_mode short_side needs `base_size` (a positive integer, e.g. 513)")
+            if self.scale_step is not None:
+                raise ValueError("scale_step applies to scale_mode ratio; short_side draws an integer length")
+        elif self.base_size is not None:
+            raise ValueError("base_size applies only to scale_mode short_side")
+        if self.scale_step is not None:
+            low, high = self.scale_range
+            steps = (high - low) / self.scale_step if self.scale_step > 0 else -1.0
+            if steps < 0 or abs(steps - round(steps)) > 1e-6:
+                raise ValueError(f"scale_step {self.scale_step} must be > 0 and divide scale_range {list(self.scale_range)}"
+                                 f" into whole steps")
+        if not 0 <= self.label_pad <= 255:
+            raise ValueError(f"label_pad must be a label value in 0..255, got {self.label_pad}")
+        return self
+
+    @model_validator(mode="after")
     def _fits_dataset(self):
         if self.name not in DATASETS:
             return self  # already reported by the name check
         spec = DATASETS.get(self.name)
+        if self.label_pad != spec.ignore_index and self.label_pad >= spec.num_classes:
+            raise ValueError(f"label_pad {self.label_pad} is neither a class of {self.name} (0..{spec.num_classes - 1}) "
+                             f"nor its ignore index {spec.ignore_index}")
         max_h, max_w = spec.max_crop
         if self.crop[0] > max_h or self.crop[1] > max_w:
             raise ValueError(f"crop {list(self.crop)} is larger than {self.name}'s largest allowed {[max_h, max_w]}")
@@ -148,6 +188,17 @@ class ScheduleConfig(Strict):
     log_every: StrictInt = 20
     #: Learning-rate multiplier for the method's own trainable parts (connectors): 1 = same as the student.
     method_lr_mult: float = 1.0
+    #: Learning-rate multiplier of the model's head (``SegmentationModel.head_modules``: context module, decoder,
+    #: classifier) over the backbone's: pytorch-deeplab-xception trains ASPP + decoder at 10x
+    #: (``get_10x_lr_params``); CIRKD puts the whole model in one group (1).
+    head_lr_mult: float = 1.0
+    #: Cross-entropy = pixel mean / global batch size (pytorch-deeplab-xception ``SegmentationLosses``, whose
+    #: ``batch_average=True`` divides the mean again by N); False: the plain pixel mean.
+    ce_batch_average: StrictBool = False
+    #: "extract_feature": in runs with a teacher, both networks bypass what their authors' distillation forward
+    #: bypasses (``SegmentationModel.extract_feature_skips``: DeepLabV3+'s ASPP Dropout(0.5) in
+    #: pytorch-deeplab-xception); baselines keep the plain forward. "forward": every run uses the plain forward.
+    kd_forward: Literal["forward", "extract_feature"] = "forward"
     grad_clip_norm: float | None = None
 
     @model_validator(mode="after")
@@ -156,7 +207,8 @@ class ScheduleConfig(Strict):
             raise ValueError("give exactly one of `iterations` or `epochs`")
         positive = {"batch_size": self.batch_size, "lr": self.lr, "checkpoint_every": self.checkpoint_every,
                     "log_every": self.log_every, "eval_batch_size": self.eval_batch_size,
-                    "poly_power": self.poly_power, "method_lr_mult": self.method_lr_mult}
+                    "poly_power": self.poly_power, "method_lr_mult": self.method_lr_mult,
+                    "head_lr_mult": self.head_lr_mult}
         if self.iterations is not None:
             positive["iterations"] = self.iterations
         if self.epochs is not None:
@@ -184,6 +236,56 @@ class RuntimeConfig(Strict):
     channels_last: Literal["auto", "on", "off"] = "auto"
 
 
+class ReportConfig(Strict):
+    """What the report shows besides numbers; never part of a run key (it changes no result)."""
+
+    #: Evaluation-split images whose predictions every run stores (None: three spread over the split; []: none).
+    qualitative_indices: list[StrictInt] | None = None
+    #: Longest side in pixels of the stored prediction PNGs: small, so a report of many tables stays light.
+    qualitative_max_side: StrictInt = 384
+
+    @field_validator("qualitative_indices")
+    @classmethod
+    def _indices(cls, indices):
+        if indices is not None and (len(set(indices)) != len(indices) or any(i < 0 for i in indices)):
+            raise ValueError(f"expected distinct non-negative image indices of the evaluation split, got {indices}")
+        return indices
+
+    @field_validator("qualitative_max_side")
+    @classmethod
+    def _side(cls, side):
+        if side < 16:
+            raise ValueError(f"expected at least 16 pixels, got {side}")
+        return side
+
+
+class ResourcesConfig(Strict):
+    """What one run's job needs from a cluster (``run --executor slurm``) or a device pool (``--executor
+    local``). How to run, not what: never part of a run key. Times are minutes; ``plan`` suggests one from
+    measured step times."""
+
+    #: GPUs per run; a run given several trains as that many processes, one per GPU (on CPU: processes).
+    gpus: StrictInt = Field(1, ge=0)
+    #: Time limit of a student's job; a job past it is requeued and resumes from its checkpoint.
+    time: StrictInt | None = Field(None, gt=0)
+    #: Time limit of a teacher's job (default: ``time``).
+    teacher_time: StrictInt | None = Field(None, gt=0)
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    #: CPUs per process (data-loading workers + 1 is a good start).
+    cpus: StrictInt | None = Field(None, gt=0)
+    #: Memory per node in GB.
+    mem_gb: float | None = Field(None, gt=0)
+    #: Shell lines run before a job starts (``module load ...``, ``source venv/bin/activate``).
+    setup: list[str] = Field(default_factory=list)
+    #: At most this many jobs of one array run at once (the cluster's fair share).
+    array_parallelism: StrictInt | None = Field(None, gt=0)
+    #: How often a job may be requeued after reaching its time limit (preemptions do not count).
+    max_timeouts: StrictInt = Field(10, ge=0)
+
+
 def _check_model_options(name: str, options: dict[str, Any]) -> None:
     builder = _lookup(MODELS, name)
     parameters = inspect.signature(builder).parameters
@@ -204,15 +306,42 @@ class ModelRef(Strict):
         return self
 
 
-class TeacherConfig(ModelRef):
-    #: Load these weights (strictly) instead of training the teacher here.
+CheckpointFormat = Literal["ours", "cirkd", "deeplab_xception"]
+
+
+class WeightsRef(ModelRef):
+    #: Weights loaded strictly into the model: a teacher's instead of training it here, a student's initial weights.
     checkpoint: str | None = None
+    #: How the file names its tensors: ``ours`` (this harness's), or an authors' release converted on load
+    #: (``cirkd``, ``deeplab_xception``; see ``benchmark/convert.py``), which also fixes ``dataset.normalization``.
+    checkpoint_format: CheckpointFormat = "ours"
+
+    @model_validator(mode="after")
+    def _format_needs_file(self):
+        if self.checkpoint_format != "ours" and not self.checkpoint:
+            raise ValueError(f"checkpoint_format {self.checkpoint_format!r} is given without a `checkpoint` file")
+        return self
+
+
+class TeacherConfig(WeightsRef):
     #: Overrides of the suite's schedule for training the teacher.
     schedule: dict[str, Any] = Field(default_factory=dict)
+    #: Overrides of the suite's dataset keys for training the teacher (its training split, say: the
+    #: pytorch-deeplab-xception teacher trains on train_aug, AttnFD's students on VOC train); never name or root.
+    dataset: dict[str, Any] = Field(default_factory=dict)
     seed: StrictInt = 0
 
+    @field_validator("dataset")
+    @classmethod
+    def _same_dataset(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        fixed = sorted({"name", "root"} & set(overrides))
+        if fixed:
+            raise ValueError(f"dataset overrides of a teacher may not change {fixed}: a teacher trains on its suite's "
+                             f"dataset")
+        return overrides
 
-class StudentConfig(ModelRef):
+
+class StudentConfig(WeightsRef):
     #: Which of the suite's teachers distils into this student (default: the only one).
     teacher: str | None = None
 
@@ -340,10 +469,53 @@ class TableInfo(Strict):
     source: str = ""
 
 
+class ProtocolFact(Strict):
+    """One fact of a protocol: its value in the program that produced the claims, and where that is written.
+
+    ``setting`` names the suite key that carries the fact (``dataset.train_split``, ``schedule.head_lr_mult``,
+    ``teachers.teacher.model``); the suite must then hold exactly ``value`` there, so a card cannot drift from
+    what runs. Facts without a setting are the ones no suite key expresses (a method's variant, the teacher's mode).
+    """
+
+    value: StrictBool | StrictInt | float | str | list[Any] | None
+    source: str
+    setting: str | None = None
+    #: What the paper's text says, where it differs from the code.
+    paper: str | None = None
+    note: str | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _has_source(cls, source: str) -> str:
+        if not source.strip():
+            raise ValueError("every protocol fact needs a source (repository@commit:file:line or a paper section)")
+        return source
+
+
+class ProtocolCard(Strict):
+    """A recipe's protocol: every fact that changes a number, with its source (docs/protocols.md is built from these)."""
+
+    name: str
+    title: str
+    #: The program whose runs produced the claims: repository@commit, or a sentence saying there is none.
+    code: str
+    paper: str = ""
+    facts: dict[str, ProtocolFact]
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, name: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name):
+            raise ValueError(f"a protocol name is lower-case letters, digits and '_' (a recipe's file stem), got {name!r}")
+        return name
+
+
 class Suite(Strict):
     name: str
     description: str = ""
     table: TableInfo | None = None
+    #: The recipe's protocol card (inherited through ``extends``).
+    protocol: ProtocolCard | None = None
     dataset: DatasetConfig
     schedule: ScheduleConfig
     teachers: dict[str, TeacherConfig] = Field(default_factory=dict)
@@ -352,6 +524,8 @@ class Suite(Strict):
     seeds: list[StrictInt]
     claims: list[Claim] = Field(default_factory=list)
     runtime: RuntimeConfig = RuntimeConfig()
+    report: ReportConfig = ReportConfig()
+    resources: ResourcesConfig = ResourcesConfig()
 
     @field_validator("name")
     @classmethod
@@ -383,7 +557,66 @@ class Suite(Strict):
         for key, teacher in self.teachers.items():
             if teacher.schedule:
                 self.teacher_schedule(key)
+            if teacher.dataset:
+                self.teacher_dataset(key)
+        if self.protocol and self.table and self.table.protocol and self.table.protocol != self.protocol.name:
+            raise ValueError(f"table.protocol {self.table.protocol!r} is not the suite's protocol card "
+                             f"{self.protocol.name!r} (from its recipe); name the card")
+        self.protocol_deviations()  # raises on a setting that names no key
+        self._check_checkpoint_preprocessing()
         return self
+
+    def settings(self) -> dict[str, Any]:
+        """The keys a protocol fact may name, resolved as a run stores them."""
+        return _jsonable({
+            "dataset": {k: v for k, v in self.dataset.resolved().items() if k != "root"},
+            "schedule": self.schedule.model_dump(),
+            "teachers": {key: {**t.model_dump(), "schedule": self.teacher_schedule(key).model_dump(),
+                               "dataset": {k: v for k, v in self.teacher_dataset(key).resolved().items() if k != "root"}}
+                         for key, t in self.teachers.items()},
+        })
+
+    def protocol_deviations(self) -> list[dict[str, Any]]:
+        """Facts whose setting holds another value than the card states (e.g. after ``--set``)."""
+        if self.protocol is None:
+            return []
+        settings, deviations = self.settings(), []
+        for fact_name, fact in self.protocol.facts.items():
+            if fact.setting is None:
+                continue
+            node: Any = settings
+            for part in fact.setting.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    raise ValueError(f"protocol.facts.{fact_name}.setting {fact.setting!r} names no suite key "
+                                     f"(it starts with dataset., schedule. or teachers.<name>.)")
+                node = node[part]
+            if node != _jsonable(fact.value):
+                deviations.append({"fact": fact_name, "setting": fact.setting, "card": fact.value, "ran": node})
+        return deviations
+
+    def protocol_record(self) -> dict[str, Any] | None:
+        """The card as the report shows it: facts in order, each with the value this suite runs where it differs."""
+        if self.protocol is None:
+            return None
+        ran = {d["fact"]: d["ran"] for d in self.protocol_deviations()}
+        card = self.protocol.model_dump(exclude={"facts"})
+        card["facts"] = [{"fact": name, **fact.model_dump(), **({"ran": ran[name]} if name in ran else {})}
+                         for name, fact in self.protocol.facts.items()]
+        return _jsonable(card)
+
+    def _check_checkpoint_preprocessing(self) -> None:
+        """An authors' checkpoint is only right with the input preprocessing its code trained it with."""
+        from benchmark.convert import FORMAT_NORMALIZATION
+
+        refs = [(f"teachers.{key}", teacher) for key, teacher in self.teachers.items()]
+        refs += [(f"students[{index}]", student) for index, student in enumerate(self.students)]
+        for where, ref in refs:
+            needed = FORMAT_NORMALIZATION.get(ref.checkpoint_format)
+            if needed is not None and self.dataset.normalization != needed:
+                raise ValueError(
+                    f"{where}.checkpoint_format {ref.checkpoint_format!r} needs dataset.normalization: {needed} "
+                    f"({_NORMALIZATION_MEANING[needed]}), the input its authors' code trained it on; this suite has "
+                    f"dataset.normalization: {self.dataset.normalization}. Set `dataset.normalization: {needed}`.")
 
     def teacher_for(self, student: StudentConfig) -> str | None:
         if student.teacher is not None:
@@ -396,12 +629,23 @@ class Suite(Strict):
         except ValidationError as error:
             raise ValueError(f"teachers.{key}.schedule: {_first_message(error)}") from None
 
+    def teacher_dataset(self, key: str) -> DatasetConfig:
+        if not self.teachers[key].dataset:
+            return self.dataset
+        try:
+            return DatasetConfig(**{**self.dataset.model_dump(), **self.teachers[key].dataset})
+        except ValidationError as error:
+            raise ValueError(f"teachers.{key}.dataset: {_first_message(error)}") from None
+
     @property
     def title(self) -> str:
         return self.table.title if self.table else self.name
 
 
 # --- run specs -------------------------------------------------------------------------------------
+
+
+_NORMALIZATION_MEANING = {"bgr_mean": "BGR 0-255 minus the mean, no std", "imagenet": "RGB, ImageNet mean and std"}
 
 
 @dataclass(frozen=True)
@@ -424,6 +668,8 @@ class RunSpec:
     teacher: TeacherSpec | None
     dataset_root: str | None
     runtime: dict[str, Any] = field(default_factory=dict)
+    #: The student's initial weights: ``{"path", "format"}`` (None: the builder's own initialisation).
+    student_checkpoint: dict[str, str] | None = None
 
     @property
     def needs_teacher(self) -> bool:
@@ -449,24 +695,32 @@ def expand(suite: Suite) -> tuple[list[RunSpec], dict[str, TeacherSpec]]:
     dataset_in_key = {k: v for k, v in dataset.items() if k != "root"}
     teachers: dict[str, TeacherSpec] = {}
     for label, teacher in suite.teachers.items():
-        config = {"dataset": dataset_in_key, "model": teacher.model, "model_options": _jsonable(teacher.options),
+        teacher_dataset = {k: v for k, v in suite.teacher_dataset(label).resolved().items() if k != "root"}
+        config = {"dataset": teacher_dataset, "model": teacher.model, "model_options": _jsonable(teacher.options),
                   "seed": teacher.seed}
         if teacher.checkpoint:
-            path = os.path.expanduser(os.path.expandvars(teacher.checkpoint))
-            config["checkpoint_sha256"] = file_digest(path) if os.path.isfile(path) else f"missing:{path}"
+            config["checkpoint_sha256"] = _checkpoint_digest(teacher.checkpoint)
+            if teacher.checkpoint_format != "ours":  # only then, so keys of existing teachers stay as they were
+                config["checkpoint_format"] = teacher.checkpoint_format
         else:
             config["schedule"] = suite.teacher_schedule(label).model_dump()
         teachers[label] = TeacherSpec(key="teacher-" + config_key(config), label=label, config=config,
                                       checkpoint=teacher.checkpoint)
     runs = []
     for student in suite.students:
+        student_config: dict[str, Any] = {"name": student.model, "options": _jsonable(student.options)}
+        initial = None
+        if student.checkpoint:  # the initial weights change the result: in the key by content and format
+            student_config["checkpoint"] = {"sha256": _checkpoint_digest(student.checkpoint),
+                                            "format": student.checkpoint_format}
+            initial = {"path": student.checkpoint, "format": student.checkpoint_format}
         for method in suite.methods:
             teacher = teachers[suite.teacher_for(student)] if method.needs_teacher else None
             for seed in suite.seeds:
                 config = {
                     "dataset": dataset_in_key,
                     "schedule": suite.schedule.model_dump(),
-                    "student": {"name": student.model, "options": _jsonable(student.options)},
+                    "student": copy.deepcopy(student_config),
                     "teacher": teacher.key if teacher else None,
                     "method": {"label": method.row_label,
                                "components": [{"name": c.name, "key": c.component_key,
@@ -476,8 +730,13 @@ def expand(suite: Suite) -> tuple[list[RunSpec], dict[str, TeacherSpec]]:
                 runs.append(RunSpec(key=config_key(config), suite=suite.name, table=suite.title,
                                     student=student.model, method_label=method.row_label, seed=seed, config=config,
                                     teacher=teacher, dataset_root=suite.dataset.root,
-                                    runtime=suite.runtime.model_dump()))
+                                    runtime=suite.runtime.model_dump(), student_checkpoint=initial))
     return runs, teachers
+
+
+def _checkpoint_digest(checkpoint: str) -> str:
+    path = os.path.expanduser(os.path.expandvars(checkpoint))
+    return file_digest(path) if os.path.isfile(path) else f"missing:{path}"
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -512,16 +771,39 @@ def load_suite(path: str | os.PathLike, overrides: list[str] | None = None) -> S
         _check_distinct_cells(path, parts)
         return SuiteFile(path=path, name=name, parts=parts, description=raw.get("description", ""))
     data = _compose(path, raw, seen=(path.resolve(),))
-    for override in overrides or []:
-        _apply_override(path, data, override)
     data.setdefault("name", path.stem)
+    if not overrides:
+        suite = _validate(path, data)
+        _check_card(path, suite)
+    else:
+        try:
+            base = _validate(path, data)
+        except SuiteError:
+            base = None  # a file completed only by its overrides (say, a root given with --set): validated below
+        if base is not None:
+            _check_card(path, base)
+        # An override may leave the recipe's protocol on purpose (a quick try); the card then records what ran.
+        data = copy.deepcopy(data)
+        for override in overrides:
+            _apply_override(path, data, override)
+        suite = _validate(path, data)
+    return SuiteFile(path=path, name=suite.name, parts=[suite], description=suite.description)
+
+
+def _validate(path: Path, data: dict[str, Any]) -> Suite:
     try:
-        suite = Suite(**data)
+        return Suite(**data)
     except ValidationError as error:
         raise SuiteError(_format_validation(path, error)) from None
     except UnknownNameError as error:
         raise SuiteError(f"{path}: {error}") from None
-    return SuiteFile(path=path, name=suite.name, parts=[suite], description=suite.description)
+
+
+def _check_card(path: Path, suite: Suite) -> None:
+    """A suite file must run the protocol its card states: a contradiction is an error in the file."""
+    for deviation in suite.protocol_deviations():
+        raise SuiteError(f"{path}: protocol.facts.{deviation['fact']}: the card says {deviation['card']!r} but "
+                         f"{deviation['setting']} is {deviation['ran']!r}; change one of them")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

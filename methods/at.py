@@ -51,7 +51,9 @@ class AttentionTransfer(DistillationMethod):
     - ``variant``: ``paper`` (default) is Eq. 2's p-norm of the difference per sample; ``code`` is the
       authors' released code (and CIRKD's / mmrazor's), which squares that norm. Both divide by B·N (the
       paper sets β to "10³ divided by the number of elements in the attention map and batch size", section
-      4.1; the code takes a mean) and multiply by β/2. CIRKD's recipe is ``variant='code'`` with β/2 = 10000.
+      4.1; the code takes a mean) and multiply by β/2. CIRKD's program is ``variant='code'`` with β/2 = 10000 on
+      the feature before the classifier (``points: [decoder]``) plus pixel KD on the stride-8 logits, no critic
+      (winycg/CIRKD@2d8ad0f losses/at.py:14-19, train_kd.py:354-355, train_scripts/train_kd/train_at.sh:8-9).
     - β = 1000 (the paper's value). Points: the outputs (post-ReLU) of the four backbone stages, the
       "residual group outputs" of the paper; AttnFD's Table 1 does not state which points its AT row used.
     - Channel counts may differ (the map averages them away): no connector, no trainable parameter. When

@@ -64,6 +64,25 @@ class PointConnectors(nn.ModuleDict):
         return resize_to(student, teacher)
 
 
+def frozen_forward(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    """``module(*inputs)`` with its parameters held fixed: gradients flow to the inputs, never to the parameters,
+    so the optimizer skips them (weight decay and momentum included). Buffers stay the module's own (a BatchNorm
+    in train mode still normalises with batch statistics and updates its running ones), as a module that is
+    simply left out of the optimizer behaves (e.g. the AttnFD code's connectors after its first epoch)."""
+    detached = {name: parameter.detach() for name, parameter in module.named_parameters()}
+    return torch.func.functional_call(module, detached, inputs)
+
+
+TEACHER_MODES = ("eval", "train")
+
+
+def teacher_train_mode_flag(method: str, value: str) -> bool:
+    """``teacher_mode`` of the methods whose authors' code runs the teacher in ``train()`` (batch-statistics BN)."""
+    if value not in TEACHER_MODES:
+        raise ValueError(f"{method}: teacher_mode must be one of {', '.join(map(repr, TEACHER_MODES))}, got {value!r}")
+    return value == "train"
+
+
 LOGIT_POINTS = ("logits", "logits:pre_upsample")
 
 
@@ -187,6 +206,13 @@ class DistillationMethod(nn.Module):
         trains the connectors alone): the harness then leaves the task loss out and the student unchanged."""
         return False
 
+    def lr_multiplier(self, epoch: int) -> float | None:
+        """The learning rate of this method's student-optimizer parameters in ``epoch``, relative to the schedule's
+        base lr, where it differs from the suite's ``schedule.method_lr_mult`` (``None``: that value). The AttnFD,
+        Overhaul and AICSD codes train their connectors in epoch 0 with a separate one-group optimizer, which their
+        lr scheduler sets to the base lr (AmirMansurian/AttnFD@f090bbe utils/lr_scheduler.py:63-65), and at 10x after."""
+        return None
+
     @classmethod
     def reference_loss(cls, case_method: str, inputs: dict[str, torch.Tensor], params: dict[str, Any]) -> dict:
         """The parameter-free part of the loss on a ``loss_vectors.json`` case's inputs.
@@ -255,6 +281,16 @@ class CompositeMethod(nn.Module):
 
     def student_frozen(self, batch: Batch) -> bool:
         return any(method.student_frozen(batch) for method in self.components.values())
+
+    def lr_multiplier(self, epoch: int) -> float | None:
+        """One parameter group holds every component's modules: components that have any must agree."""
+        asked = {method.lr_multiplier(epoch) for method in self.components.values()
+                 if any(p.requires_grad for p in method.student_optimizer_parameters())}
+        asked.discard(None)
+        if len(asked) > 1:
+            raise ValueError(f"combined methods ask for different learning rates for their modules in epoch {epoch}: "
+                             f"{sorted(asked)}")
+        return asked.pop() if asked else None
 
     def scale_task_loss(self, task_loss: torch.Tensor, batch: Batch) -> torch.Tensor:
         for method in self.components.values():

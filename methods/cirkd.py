@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod, resize_to
+from methods.base import Batch, DistillationMethod, check_logits_point, resize_to
 from methods.ifvd import labels_to_feature_size
 from methods.kd import pixel_kd
 
@@ -36,6 +37,30 @@ def minibatch_pixel_pair_loss(student_feat: torch.Tensor, teacher_feat: torch.Te
     return total / (batch * batch)
 
 
+def grouped_minibatch_pixel_pair_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, temperature: float,
+                                      group_size: int) -> torch.Tensor:
+    """The mini-batch term with pairs formed only inside consecutive groups of ``group_size`` images, averaged
+    over the groups: CIRKD's code computes it per GPU (its all-gather is commented out, losses/cirkd_mini_batch.py:
+    59-60), i.e. over each process's 2 images in the 8 x 2 setup, and DDP averages the processes' gradients. The
+    last group is smaller when ``group_size`` does not divide the batch; ``group_size`` 0 pairs the whole batch."""
+    batch = student_feat.shape[0]
+    if group_size == 0 or group_size >= batch:
+        return minibatch_pixel_pair_loss(student_feat, teacher_feat, temperature)
+    losses = [minibatch_pixel_pair_loss(s, t, temperature)
+              for s, t in zip(student_feat.split(group_size), teacher_feat.split(group_size))]
+    return torch.stack(losses).mean()
+
+
+def gather_across_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """All processes' ``tensor`` concatenated along dim 0 in rank order (CIRKD's ``concat_all_gather``, no
+    gradient); the tensor itself when no process group runs (guarded like benchmark/engine/distributed.py)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, dim=0)
+
+
 def contrast_kd(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(t/τ) ‖ softmax(s/τ)) · τ², averaged over anchors (rows)."""
     log_q = F.log_softmax(s_logits / temperature, dim=1)
@@ -49,12 +74,17 @@ class CIRKD(DistillationMethod):
 
     Yang, Zhou, Wang, Zhang, Wang, Tian, "Cross-Image Relational Knowledge Distillation for Semantic
     Segmentation", CVPR 2022. Terms returned (already weighted), on the ``decoder`` points (the feature
-    before the classifier, CIRKD's ``outputs[-1]``) and ``logits``:
+    before the classifier, CIRKD's ``outputs[-1]``) and ``kd_point``:
 
-    - ``kd`` = ``lambda_kd`` · pixel KD at ``kd_temperature`` (the paper's L_kd, Eq. 9; 0 drops it).
+    - ``kd`` = ``lambda_kd`` · pixel KD at ``kd_temperature`` (the paper's L_kd, Eq. 9; 0 drops it), on
+      ``kd_point``: ``logits:pre_upsample`` (default), the stride-8 logits ``outputs[0]`` that train_cirkd.py:311
+      distils (CIRKD's models return their logits before upsampling, models/deeplabv3.py:45-53), or ``logits``.
     - ``minibatch_pixel`` = ``lambda_minibatch_pixel`` · mini-batch pixel-to-pixel term (Eq. 3-5): row-
       softmax(F̂_iᵀF̂_j / τ) of every image pair, KL teacher ‖ student, no projection (each network's own
-      Gram, channels may differ). ``minibatch_pool`` > 1 average-pools both maps first (CIRKD's optional
+      Gram, channels may differ). Pairs are formed within groups of ``minibatch_group_size`` consecutive
+      images of the process's batch and the groups averaged: 2 is the code's (per GPU, 16 images on 8 GPUs,
+      losses/cirkd_mini_batch.py:59-60 leave the all-gather commented out), 0 pairs every image of the batch
+      (the paper's "mini-batch"). ``minibatch_pool`` > 1 average-pools both maps first (CIRKD's optional
       ``pooling``, off in its script; useful for stride-4 decoders whose N² is 4x a stride-8 one).
     - ``memory_pixel`` / ``memory_region`` = λ · memory-based pixel-to-pixel / pixel-to-region terms (Eq. 6-8):
       the student embedding is a projection head (1x1 conv C_s→C_t, BN, ReLU, 1x1 conv C_t→C_t, trained with
@@ -77,8 +107,9 @@ class CIRKD(DistillationMethod):
     λ_memory_region 0.1, contrast temperature 0.1, contrast-KD temperature 1, pixel memory 20000, region
     memory 2000, pixel contrast 4096, region contrast 1024. Open choices: if student and teacher maps differ
     in size, the student map is resized (bilinear) to the teacher's; a batch with no labelled pixel gives
-    0 for the memory terms (as the code) but still updates nothing in the memory; single process (the code's
-    all-gather across GPUs is a distributed detail, not part of the loss).
+    0 for the memory terms (as the code) but still updates nothing in the memory. Under torchrun every process
+    enqueues the teacher embeddings and labels of all processes, gathered in rank order
+    (losses/cirkd_memory.py:78-79), while its anchors stay its own images (as the code).
     """
 
     paper = ("Yang et al., Cross-Image Relational Knowledge Distillation for Semantic Segmentation, CVPR 2022 "
@@ -90,8 +121,13 @@ class CIRKD(DistillationMethod):
                  lambda_memory_pixel: float = 0.1, lambda_memory_region: float = 0.1,
                  contrast_temperature: float = 0.1, contrast_kd_temperature: float = 1.0,
                  pixel_memory_size: int = 20000, region_memory_size: int = 2000, pixel_contrast_size: int = 4096,
-                 region_contrast_size: int = 1024, pixel_update_freq: int = 16, minibatch_pool: int = 1):
+                 region_contrast_size: int = 1024, pixel_update_freq: int = 16, minibatch_pool: int = 1,
+                 minibatch_group_size: int = 2, kd_point: str = "logits:pre_upsample"):
         super().__init__(student_points, teacher_points, num_classes)
+        if minibatch_group_size < 0:
+            raise ValueError(f"cirkd: minibatch_group_size must be >= 0 (0: the whole batch), got {minibatch_group_size}")
+        self.minibatch_group_size = minibatch_group_size
+        self.kd_point = check_logits_point("cirkd", kd_point)
         for name, value in (("contrast_temperature", contrast_temperature), ("kd_temperature", kd_temperature),
                             ("contrast_kd_temperature", contrast_kd_temperature)):
             if value <= 0:
@@ -127,7 +163,7 @@ class CIRKD(DistillationMethod):
             self.register_buffer("segment_queue_ptr", torch.zeros(num_classes, dtype=torch.long))
         points = ["decoder"] if (self.use_memory or lambda_minibatch_pixel != 0) else []
         if lambda_kd != 0:
-            points.append("logits")
+            points.append(kd_point)
         self.student_points = list(points)
         self.teacher_points = list(points)
 
@@ -137,6 +173,7 @@ class CIRKD(DistillationMethod):
     def _dequeue_and_enqueue(self, teacher_embed: torch.Tensor, labels: torch.Tensor) -> None:
         """Push the batch's teacher embeddings (already normalised, [B, C, h, w]) into the class queues."""
         classes, freq = self.num_classes, self.pixel_update_freq
+        teacher_embed, labels = gather_across_processes(teacher_embed), gather_across_processes(labels)
         feats = teacher_embed.flatten(2).to(self.teacher_pixel_queue.dtype)  # [B, C, N]
         y = labels.flatten(1)  # [B, N]
         valid = (y >= 0) & (y < classes)
@@ -200,7 +237,7 @@ class CIRKD(DistillationMethod):
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
         if self.lambda_kd != 0:
-            terms["kd"] = self.lambda_kd * pixel_kd(student["logits"], teacher["logits"], self.kd_temperature)
+            terms["kd"] = self.lambda_kd * pixel_kd(student[self.kd_point], teacher[self.kd_point], self.kd_temperature)
         if not (self.use_memory or self.lambda_minibatch_pixel != 0):
             return terms
         s, t = student["decoder"], teacher["decoder"]
@@ -212,8 +249,8 @@ class CIRKD(DistillationMethod):
                 k = self.minibatch_pool
                 s_mb = F.avg_pool2d(s, k, k, ceil_mode=True)
                 t_mb = F.avg_pool2d(t, k, k, ceil_mode=True)
-            terms["minibatch_pixel"] = self.lambda_minibatch_pixel * minibatch_pixel_pair_loss(
-                s_mb, t_mb, self.contrast_temperature)
+            terms["minibatch_pixel"] = self.lambda_minibatch_pixel * grouped_minibatch_pixel_pair_loss(
+                s_mb, t_mb, self.contrast_temperature, self.minibatch_group_size)
         if self.use_memory:
             pixel, region = self._memory_terms(s, t, batch.labels)
             if self.lambda_memory_pixel != 0:

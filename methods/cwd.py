@@ -39,9 +39,13 @@ class ChannelWiseDistillation(DistillationMethod):
       softmax runs over all H·W pixels of that map. CIRKD's code applies CWD to the head's logits before
       upsampling (stride 8), where the spatial distributions have 64x fewer positions: suites reproducing
       CIRKD-protocol numbers set ``points: [logits:pre_upsample]``.
-    - When channel counts differ (feature points), the student goes through a learned 1x1 conv (with bias)
-      to the teacher's count, as CIRKD's ``CriterionCWD`` does; when strides differ the student map is
-      bilinearly resized to the teacher's size. Equal counts (logits) add no parameter.
+    - When channel counts differ (feature points), the student goes through a learned 1x1 conv without bias
+      to the teacher's count, as CIRKD's ``CriterionCWD`` does (winycg/CIRKD@2d8ad0f losses/cwd.py:57, 62-63;
+      a bias would cancel in the per-channel softmax anyway); when strides differ the student map is
+      bilinearly resized to the teacher's size. Equal counts (logits) add no parameter. CIRKD's CWD row
+      (train_scripts/train_kd/train_cwd.sh) is two terms: the feature before the classifier at weight 50
+      (``--lambda-cwd-fea``) and the stride-8 logits at weight 3 (``--lambda-cwd-logit``), both τ = 4
+      (train_kd.py:244, 346-349): two ``cwd`` components in a suite row.
     """
 
     paper = "Shu et al., Channel-wise Knowledge Distillation for Dense Prediction, ICCV 2021 (Eq. 2-3)"
@@ -53,9 +57,9 @@ class ChannelWiseDistillation(DistillationMethod):
         if temperature <= 0:
             raise ValueError(f"cwd: temperature must be > 0, got {temperature}")
         self.temperature, self.loss_weight, self.points = temperature, loss_weight, tuple(points)
-        # CIRKD's CriterionCWD: a plain 1x1 conv with bias (no BN) where channel counts differ.
+        # CIRKD's CriterionCWD: a plain bias-free 1x1 conv (no BN) where channel counts differ.
         self.connectors = PointConnectors(self.points, student_points, teacher_points,
-                                          make=lambda cin, cout: nn.Conv2d(cin, cout, kernel_size=1))
+                                          make=lambda cin, cout: nn.Conv2d(cin, cout, kernel_size=1, bias=False))
         self.student_points = list(self.points)
         self.teacher_points = list(self.points)
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod, PointConnectors
+from methods.base import Batch, DistillationMethod, PointConnectors, teacher_train_mode_flag
 
 
 def lad_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -37,6 +37,15 @@ class LAD(DistillationMethod):
       as the paper's "raw features" intends. Different strides: bilinear resize to the teacher's size.
     - λ = ``lad_lambda`` = 1: the code has no default; 1 is the value of the reference vectors and the
       weight AttnFD uses for its own loss of the same form on VOC (10 on Cityscapes).
+
+    Named options for what that code does besides the loss (AmirMansurian/AICSD@b825006
+    train_with_distillation.py); the defaults keep the plain reading, the paper suites set the code's values:
+    - ``teacher_mode``: "eval" vs "train" (line 109: ``t_net.train()``, batch-statistics BatchNorm).
+    - ``connector_warmup_epochs``: 0 vs 1: epoch 0 steps ``init_optimizer`` (lines 66-67, 114-117), which holds
+      the connectors and attention modules of the other AICSD losses and none of the student: with the LAD
+      term alone, nothing trains in epoch 0. Here the student is left out of those steps (``student_frozen``)
+      and only our connectors (where widths differ; the code has none) learn, at ``warmup_lr_mult`` x the base
+      lr (1: that optimizer's first group runs at the base lr, utils/lr_scheduler.py:63-65).
     """
 
     paper = ("Liu et al., Rethinking Knowledge Distillation with Raw Features for Semantic Segmentation, WACV 2024 "
@@ -44,17 +53,31 @@ class LAD(DistillationMethod):
     reference_names = ("lad",)
 
     def __init__(self, student_points, teacher_points, num_classes, *, lad_lambda: float = 1.0,
-                 points: tuple[str, ...] = ("backbone.4:pre_relu", "encoder:pre_relu", "decoder:pre_relu")):
+                 points: tuple[str, ...] = ("backbone.4:pre_relu", "encoder:pre_relu", "decoder:pre_relu"),
+                 teacher_mode: str = "eval", connector_warmup_epochs: int = 0, warmup_lr_mult: float = 1.0):
         super().__init__(student_points, teacher_points, num_classes)
+        if connector_warmup_epochs < 0 or warmup_lr_mult <= 0:
+            raise ValueError(f"lad: connector_warmup_epochs must be >= 0 and warmup_lr_mult > 0, got "
+                             f"{connector_warmup_epochs}, {warmup_lr_mult}")
+        self.teacher_train_mode = teacher_train_mode_flag("lad", teacher_mode)
+        self.connector_warmup_epochs, self.warmup_lr_mult = connector_warmup_epochs, warmup_lr_mult
         self.lad_lambda, self.points = lad_lambda, tuple(points)
         self.connectors = PointConnectors(self.points, student_points, teacher_points)
         self.student_points = list(self.points)
         self.teacher_points = list(self.points)
 
+    def student_frozen(self, batch: Batch) -> bool:
+        return batch.epoch < self.connector_warmup_epochs
+
+    def lr_multiplier(self, epoch: int) -> float | None:
+        return self.warmup_lr_mult if epoch < self.connector_warmup_epochs else None
+
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
+        warmup = self.student_frozen(batch)
         total = 0.0
         for index, name in enumerate(self.points):
-            mapped = self.connectors.align(index, student[name], teacher[name])
+            feature = student[name].detach() if warmup else student[name]
+            mapped = self.connectors.align(index, feature, teacher[name])
             total = total + lad_loss(mapped, teacher[name])
         return {"lad": self.lad_lambda * total}
 

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod, resize_to
+from methods.base import Batch, DistillationMethod, check_logits_point, resize_to
+from methods.ifvd import labels_to_feature_size
+from methods.kd import pixel_kd
 
 EPS = 1e-12
 
@@ -116,9 +118,17 @@ class LFD(DistillationMethod):
     * resolution: the adapted student feature is bilinearly resized to the teacher's grid when strides
       differ; aux logits are upsampled to the labels for CE (as the harness does for ``aux_ce``).
     * the script also divides its task loss (CE + 0.4·aux CE) by its detached value: ``self_normalize_task``
-      (default on, the script's fact) asks the harness to do the same through ``scale_task_loss``. Its extra
-      self-normalised pixel KD is not added (it lives outside the LFD criterion; combine with ``kd`` in a suite
-      row to reproduce it).
+      (default on, the script's fact, train_lfd_v1.py:434) asks the harness to do the same through
+      ``scale_task_loss``. It adds, outside the LFD criterion, CIRKD's pixel KD on the stride-8 logits divided by
+      its own detached value (``kd_loss / kd_loss.detach()``, train_lfd_v1.py:413-414, 435, with
+      ``--lambda-kd 1.0`` in train_lfd.sh): ``self_normalized_kd`` (default on) returns it as the term ``kd``
+      (value 1, gradient ∇KD/KD, so its λ cancels) at ``kd_temperature`` (the script passes the same
+      ``--kd-temperature`` to both). An option of ``lfd`` rather than a ``kd`` component because it is a fact of
+      this script alone (every LFD run has it, no other row self-normalises KD), like ``self_normalize_task``.
+    * ``logits_point``: ``logits:pre_upsample`` (default): the script's models return the stride-8 logits
+      ``s_outputs[0]``, which its KD and ``CriterionLFD`` receive (train_lfd_v1.py:389-390, 414); the discrepancy
+      masks and the KL read the same map (the class mask with the labels nearest-resized onto its grid).
+      ``logits`` is the upsampled output.
     * ``start_iter`` compares with the 0-based ``batch.iteration`` (the script counts from 1 and does not say
       whether the bound is inclusive).
     """
@@ -133,11 +143,15 @@ class LFD(DistillationMethod):
                  use_spatial_mask: bool = True, use_shared_head: bool = True, use_class_mask: bool = True,
                  use_kl: bool = True, lambda_feature: float = 1.0, lambda_aux: float = 0.1, lambda_kd: float = 1.0,
                  kd_temperature: float = 1.0, start_iter: int = 1000, self_normalize: bool = True,
-                 self_normalize_task: bool = True,
-                 aux_mid_channels: int = 128, feature_point: str = "decoder"):
+                 self_normalize_task: bool = True, self_normalized_kd: bool = True,
+                 aux_mid_channels: int = 128, feature_point: str = "decoder",
+                 logits_point: str = "logits:pre_upsample"):
         super().__init__(student_points, teacher_points, num_classes)
-        if not (use_feature or use_shared_head or use_kl):
-            raise ValueError("lfd: every component is off (use_feature, use_shared_head, use_kl): enable one")
+        if not (use_feature or use_shared_head or use_kl or self_normalized_kd):
+            raise ValueError("lfd: every component is off (use_feature, use_shared_head, use_kl, self_normalized_kd): "
+                             "enable one")
+        self.logits_point = check_logits_point("lfd", logits_point)
+        self.self_normalized_kd = self_normalized_kd
         if use_spatial_mask and not use_feature:
             raise ValueError("lfd: use_spatial_mask weights the feature term, which use_feature=false removes; "
                              "set use_spatial_mask=false too")
@@ -171,8 +185,13 @@ class LFD(DistillationMethod):
             self.adapter = nn.Conv2d(student_points[feature_point].channels, teacher_channels, 1, bias=False)
         if use_shared_head:
             self.aux_head = SharedAuxHead(teacher_channels, aux_mid_channels, num_classes)
-        needs_logits = use_kl or use_spatial_mask or use_class_mask
-        self.student_points = ([feature_point] if uses_feature else []) + (["logits"] if needs_logits else [])
+        needs_logits = use_kl or use_spatial_mask or use_class_mask or self_normalized_kd
+        if needs_logits:
+            for side, available in (("student", student_points), ("teacher", teacher_points)):
+                if logits_point not in available:
+                    raise ValueError(f"lfd: the {side} has no point {logits_point!r} (logits_point; it has: "
+                                     f"{', '.join(sorted(available))})")
+        self.student_points = ([feature_point] if uses_feature else []) + ([logits_point] if needs_logits else [])
         self.teacher_points = list(self.student_points)
 
     def adapted(self, student: torch.Tensor, size: torch.Size) -> torch.Tensor:
@@ -190,7 +209,8 @@ class LFD(DistillationMethod):
         terms: dict[str, torch.Tensor] = {}
         discrepancy = None
         if self.use_spatial_mask or self.use_class_mask:
-            discrepancy = pixel_discrepancy(student["logits"], teacher["logits"], self.kd_temperature)
+            discrepancy = pixel_discrepancy(student[self.logits_point], teacher[self.logits_point],
+                                            self.kd_temperature)
         if self.use_feature or self.use_shared_head:
             feat_t = teacher[self.feature_point]
             feat_s = self.adapted(student[self.feature_point], feat_t.shape[-2:])
@@ -205,14 +225,21 @@ class LFD(DistillationMethod):
         if self.use_shared_head:
             weights = None
             if self.use_class_mask:
-                weights = class_weights(discrepancy, batch.labels, self.num_classes, batch.ignore_index)
+                # the discrepancy lives on the logits' grid: labels nearest-resized onto it (as CIRKD's memory does)
+                labels = labels_to_feature_size(batch.labels, tuple(discrepancy.shape[-2:]))
+                weights = class_weights(discrepancy, labels, self.num_classes, batch.ignore_index)
             aux_s, aux_t = self.aux_head(feat_s), self.aux_head(feat_t)
             terms["aux_student"] = self.lambda_aux * weighted_ce(aux_s, batch.labels, weights, batch.ignore_index)
             terms["aux_teacher"] = self.lambda_aux * weighted_ce(aux_t, batch.labels, weights, batch.ignore_index)
             terms["aux_kd"] = self.lambda_aux * pixel_kl(aux_s, aux_t.detach(), self.kd_temperature)
+        if self.use_kl or self.self_normalized_kd:
+            s_logits, t_logits = student[self.logits_point], teacher[self.logits_point]
         if self.use_kl:
             if batch.iteration >= self.start_iter:
-                terms["kl"] = self.lambda_kd * pixel_kl(student["logits"], teacher["logits"], self.kd_temperature)
+                terms["kl"] = self.lambda_kd * pixel_kl(s_logits, t_logits, self.kd_temperature)
             else:
-                terms["kl"] = student["logits"].new_zeros(())
+                terms["kl"] = s_logits.new_zeros(())
+        if self.self_normalized_kd:
+            kd = pixel_kd(s_logits.float(), t_logits.float(), self.kd_temperature)
+            terms["kd"] = kd / kd.detach().clamp_min(EPS)
         return terms

@@ -10,7 +10,14 @@ from torch import nn
 
 from benchmark.models.base import FeaturePoint
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod, PrepareContext, feature_connector, resize_to
+from methods.base import (
+    Batch,
+    DistillationMethod,
+    PrepareContext,
+    feature_connector,
+    resize_to,
+    teacher_train_mode_flag,
+)
 
 
 def margin_from_bn(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -69,6 +76,18 @@ class Overhaul(DistillationMethod):
       fed by a BN). Margins live in buffers, so a resumed run does not recompute them.
     - Spatial sizes: the connector output is bilinearly resized to the teacher's size when strides differ
       (the DeepLabV3+ pairs of the paper have equal strides, so this never triggers there).
+
+    Named options for what the authors' segmentation code does and the paper does not say
+    (clovaai/overhaul-distillation@76344a8 Segmentation/train_with_distillation.py); the defaults keep the
+    plain reading, the paper suites set the code's values:
+    - ``teacher_mode``: "eval" vs "train" (line 104: ``t_net.train()``, batch-statistics BatchNorm in the
+      teacher; the margins come from BN parameters, which train mode does not change).
+    - ``connector_warmup_epochs``: 0 vs 1: epoch 0 steps ``init_optimizer``, which holds only the connectors
+      (lines 62, 67-68, 109-112): the distillation gradient stops at the connectors' input and the student
+      and its cross-entropy are left out (``student_frozen``). ``warmup_lr_mult``: their lr then, relative to
+      the base lr: the one-group optimizer runs at the base lr (utils/lr_scheduler.py:63-65), 1; from epoch 1
+      the connectors are in the main optimizer at 10x (line 60, ``schedule.method_lr_mult``). The code's
+      second optimizer starts its momentum afresh; ours carries the warm-up momentum over (not expressible).
     """
 
     paper = ("Heo et al., A Comprehensive Overhaul of Feature Distillation, ICCV 2019 "
@@ -78,8 +97,14 @@ class Overhaul(DistillationMethod):
     def __init__(self, student_points: dict[str, FeaturePoint], teacher_points: dict[str, FeaturePoint],
                  num_classes: int, *, alpha: float = 1e-5, points: tuple[str, ...] = DEFAULT_POINTS,
                  loss_divider: tuple[float, ...] = (8.0, 4.0, 2.0, 1.0, 1.0, 16.0),
-                 margin_source: str = "teacher_bn"):
+                 margin_source: str = "teacher_bn", teacher_mode: str = "eval", connector_warmup_epochs: int = 0,
+                 warmup_lr_mult: float = 1.0):
         super().__init__(student_points, teacher_points, num_classes)
+        if connector_warmup_epochs < 0 or warmup_lr_mult <= 0:
+            raise ValueError(f"overhaul: connector_warmup_epochs must be >= 0 and warmup_lr_mult > 0, got "
+                             f"{connector_warmup_epochs}, {warmup_lr_mult}")
+        self.teacher_train_mode = teacher_train_mode_flag("overhaul", teacher_mode)
+        self.connector_warmup_epochs, self.warmup_lr_mult = connector_warmup_epochs, warmup_lr_mult
         points, loss_divider = tuple(points), tuple(float(d) for d in loss_divider)
         if len(points) != len(loss_divider):
             raise ValueError(f"overhaul: {len(points)} points but {len(loss_divider)} loss_divider values")
@@ -116,12 +141,20 @@ class Overhaul(DistillationMethod):
         self.margins_ready.fill_(True)
         context.log(f"overhaul: margins from {self.margin_source} for {', '.join(self.points)}")
 
+    def student_frozen(self, batch: Batch) -> bool:
+        return batch.epoch < self.connector_warmup_epochs
+
+    def lr_multiplier(self, epoch: int) -> float | None:
+        return self.warmup_lr_mult if epoch < self.connector_warmup_epochs else None
+
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
         if not bool(self.margins_ready):
             raise RuntimeError("overhaul: margins not computed; the harness must call prepare() first")
+        warmup = self.student_frozen(batch)
         total = 0.0
         for index, name in enumerate(self.points):
-            mapped = resize_to(self.connectors[index](student[name]), teacher[name])
+            feature = student[name].detach() if warmup else student[name]
+            mapped = resize_to(self.connectors[index](feature), teacher[name])
             total = total + partial_l2(mapped, teacher[name], self.margins()[index]) / self.loss_divider[index]
         return {"overhaul": self.alpha * total / student[self.points[0]].shape[0]}
 

@@ -16,13 +16,14 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod, resize_to
+from methods.base import Batch, DistillationMethod, check_logits_point, resize_to
 from methods.kd import pixel_kd
 
 PAIRWISE_VARIANTS = ("skd_official_pool_scale", "cirkd_fixed_kernel")
 PIXELWISE_VARIANTS = ("paper", "skd_official")
 ADV_LOSSES = ("wgan-gp", "hinge")
 D_OPTIMIZERS = ("adam", "sgd")
+D_LR_SCHEDULES = ("constant", "poly")
 
 
 # --- pair-wise similarity term ---------------------------------------------------------------------------
@@ -143,27 +144,37 @@ class HolisticAdversarialTerm(nn.Module):
       ``hinge`` (CIRKD code): λ_D · (mean relu(1 − D(Q^t)) + mean relu(1 + D(Q^s))).
 
     Q are logits (the references feed the raw logits; the critic's input batch-norm rescales them), taken
-    from the ``logits`` point and resized (bilinear) to ``input_stride`` (8: the references' critics see the
-    output-stride-8 logits). ``condition_on_image`` concatenates the equally resized input image (the
-    paper's conditional critic D(Q | I)); the reference codes feed Q alone.
+    from the caller's logits point and brought (bilinear) to 1/``input_stride`` of the input image, ⌈H/s⌉ x ⌈W/s⌉
+    (8: the references' critics see the output-stride-8 logits; the ``logits:pre_upsample`` map of an OS-8
+    model already has that size and passes unchanged, as in the references). ``condition_on_image``
+    concatenates the equally resized input image (the paper's conditional critic D(Q | I)); the reference codes
+    feed Q alone.
 
-    The critic's optimizer is private; its state is kept in the module's ``state_dict`` through
-    ``get_extra_state`` so that a resumed run continues it. The critic's parameters are frozen during the
-    generator pass, so the student's backward never writes their ``.grad``.
+    The critic's optimizer is private (``weight_decay``; ``lr_schedule`` "constant" or "poly", the latter
+    lr_d·(1 − (t+1)/T)^0.9 at 0-based step t of T, as the SKD code's ``adjust_learning_rate(args.lr_d, D_solver,
+    step)`` with its 1-based step, train_and_eval.py:21-23, networks/kd_model.py:110-117); its state is kept in the
+    module's ``state_dict`` through ``get_extra_state`` so that a resumed run continues it. The critic's parameters
+    are frozen during the generator pass, so the student's backward never writes their ``.grad``.
     """
 
     def __init__(self, num_classes: int, *, adv_loss: str, lambda_g: float, lambda_d: float, lambda_gp: float,
-                 condition_on_image: bool, input_stride: int, d_optimizer: str, lr_d: float, conv_dim: int = 64):
+                 condition_on_image: bool, input_stride: int, d_optimizer: str, lr_d: float, weight_decay: float,
+                 lr_schedule: str, conv_dim: int = 64):
         super().__init__()
         if adv_loss not in ADV_LOSSES:
             raise ValueError(f"adversarial: adv_loss must be one of {ADV_LOSSES}, got {adv_loss!r}")
         if d_optimizer not in D_OPTIMIZERS:
             raise ValueError(f"adversarial: d_optimizer must be one of {D_OPTIMIZERS}, got {d_optimizer!r}")
+        if lr_schedule not in D_LR_SCHEDULES:
+            raise ValueError(f"adversarial: d_lr_schedule must be one of {D_LR_SCHEDULES}, got {lr_schedule!r}")
         if input_stride < 1:
             raise ValueError(f"adversarial: input_stride must be >= 1, got {input_stride}")
+        if weight_decay < 0:
+            raise ValueError(f"adversarial: d_weight_decay must be >= 0, got {weight_decay}")
         self.adv_loss, self.lambda_g, self.lambda_d, self.lambda_gp = adv_loss, lambda_g, lambda_d, lambda_gp
         self.condition_on_image, self.input_stride = condition_on_image, input_stride
         self.d_optimizer, self.lr_d = d_optimizer, lr_d
+        self.weight_decay, self.lr_schedule = weight_decay, lr_schedule
         self.discriminator = SegmentationDiscriminator(num_classes + (3 if condition_on_image else 0), conv_dim)
         self._optimizer: torch.optim.Optimizer | None = None
 
@@ -172,11 +183,17 @@ class HolisticAdversarialTerm(nn.Module):
     def optimizer(self) -> torch.optim.Optimizer:
         if self._optimizer is None:
             params = [p for p in self.discriminator.parameters()]
-            if self.d_optimizer == "adam":  # CIRKD and IFVD code: Adam(4e-4, betas 0.9, 0.99)
-                self._optimizer = torch.optim.Adam(params, lr=self.lr_d, betas=(0.9, 0.99))
-            else:  # SKD code: SGD(4e-4, momentum 0.9, weight decay 1e-4)
-                self._optimizer = torch.optim.SGD(params, lr=self.lr_d, momentum=0.9, weight_decay=1e-4)
+            if self.d_optimizer == "adam":  # CIRKD and IFVD code: Adam(4e-4, betas 0.9, 0.99), no weight decay
+                self._optimizer = torch.optim.Adam(params, lr=self.lr_d, betas=(0.9, 0.99),
+                                                   weight_decay=self.weight_decay)
+            else:  # SKD code: SGD(lr_d, momentum 0.9, the script's weight decay), networks/kd_model.py:75
+                self._optimizer = torch.optim.SGD(params, lr=self.lr_d, momentum=0.9, weight_decay=self.weight_decay)
         return self._optimizer
+
+    def learning_rate(self, iteration: int, total: int) -> float:
+        if self.lr_schedule == "constant":
+            return self.lr_d
+        return self.lr_d * max(0.0, 1.0 - (iteration + 1) / max(total, 1)) ** 0.9
 
     def get_extra_state(self) -> Any:
         return {"optimizer": self.optimizer.state_dict()}
@@ -184,14 +201,12 @@ class HolisticAdversarialTerm(nn.Module):
     def set_extra_state(self, state: Any) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
 
-    def critic_input(self, logits: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+    def critic_input(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         x = logits
-        if self.input_stride > 1:
-            size = (math.ceil(logits.shape[-2] / self.input_stride), math.ceil(logits.shape[-1] / self.input_stride))
+        size = (math.ceil(images.shape[-2] / self.input_stride), math.ceil(images.shape[-1] / self.input_stride))
+        if tuple(x.shape[-2:]) != size:
             x = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         if self.condition_on_image:
-            if images is None:
-                raise ValueError("adversarial: condition_on_image needs the batch's images")
             image = F.interpolate(images.to(x.dtype), size=x.shape[-2:], mode="bilinear", align_corners=False)
             x = torch.cat([x, image], dim=1)
         return x
@@ -207,13 +222,13 @@ class HolisticAdversarialTerm(nn.Module):
             for p, flag in zip(self.discriminator.parameters(), flags):
                 p.requires_grad_(flag)
 
-    def generator_loss(self, student_logits: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+    def generator_loss(self, student_logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         with self._critic_frozen():
             score = self.discriminator(self.critic_input(student_logits, images))
         return -self.lambda_g * score.mean()
 
     def critic_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                    images: torch.Tensor | None) -> torch.Tensor:
+                    images: torch.Tensor) -> torch.Tensor:
         fake = self.critic_input(student_logits.detach(), images)
         real = self.critic_input(teacher_logits.detach(), images)
         d_fake, d_real = self.discriminator(fake), self.discriminator(real)
@@ -228,8 +243,11 @@ class HolisticAdversarialTerm(nn.Module):
         return self.lambda_d * loss
 
     def discriminator_step(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                           images: torch.Tensor | None) -> dict[str, float]:
+                           batch: Batch) -> dict[str, float]:
+        images = batch.images
         optimizer = self.optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = self.learning_rate(batch.iteration, batch.total_iterations)
         optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
             loss = self.critic_loss(student_logits, teacher_logits, images)
@@ -252,45 +270,54 @@ class SKDS(DistillationMethod):
 
     Liu, Chen, Liu, Qin, Luo, Wang, "Structured Knowledge Distillation for Semantic Segmentation", CVPR 2019
     (extended: Liu, Shu, Wang, Shen, "Structured Knowledge Distillation for Dense Prediction", TPAMI 2020).
-    Objective (Eq. 5): ℓ = ℓ_mc + λ1 (ℓ_pi + ℓ_pa) − λ2 ℓ_ho. Terms returned (already weighted):
+    Objective (Eq. 5): ℓ = ℓ_mc + λ1 (ℓ_pi + ℓ_pa) − λ2 ℓ_ho. Defaults: the authors' script
+    (irfanICMLL/structure_knowledge_distillation@ce208e1 run_train_val.sh, which the README has one run, with
+    utils/train_options.py for what it does not pass); where we read the paper otherwise, the paper's value is
+    the named alternative. Terms returned (already weighted):
 
-    - ``pixelwise`` = ``lambda_pi`` · ℓ_pi on the ``logits`` points. Eq. (1) averages the per-pixel
-      KL(q^t ‖ q^s) over pixels: ``pixelwise_variant="paper"`` (= CIRKD's pixel KD at τ = 1, divided by
-      B·H·W). ``"skd_official"``: the authors' code, the cross-entropy Σ p^t log q^s divided by H·W only
-      (grows with the batch; same gradient direction). Reference case ``skds_pixelwise`` checks the latter.
-    - ``pairwise`` = ``lambda_pa`` · ℓ_pa (Eq. 2) on the ``decoder`` points (the feature before the
-      classifier, CIRKD's ``outputs[-1]``): max-pool into nodes, cosine-similarity graph per image, mean
-      squared difference. ``variant="skd_official_pool_scale"`` (paper, default): each node pools a
-      β×β fraction of the map (kernel ⌊H·β⌋×⌊W·β⌋, β = ``pool_scale`` = 0.5, ceil mode, norm + 1e-8).
-      ``"cirkd_fixed_kernel"``: CIRKD's 2×2 kernel (``pool_kernel``) with F.normalize. Channels may
-      differ (each network has its own graph); if the spatial sizes differ, the student map is resized
-      (bilinear) to the teacher's. Reference cases ``skds_pairwise`` check both.
-    - ``holistic`` = −``lambda_ho`` · mean D(Q^s | I) (Eq. 3-4), a Wasserstein critic (WGAN-GP,
-      λ_gp = 10) trained in :meth:`separate_step` by its own optimizer with loss weight ``lambda_d``. On by
-      default: the paper's method is all three terms and the authors' code enables it by default
-      (``--ho True``); CIRKD's SKD row also keeps an adversarial term. ``lambda_ho = 0`` removes it and
-      builds no critic. ``condition_on_image=True`` is the paper's conditional critic D(Q | I) (the image,
-      resized, concatenated to the logits); the SKD/IFVD/CIRKD code feeds the logits alone (set False).
-      The critic sees the logits resized to stride 8 (``adv_input_stride``), as the reference critics see
-      the output-stride-8 logits. Critic optimizer: SGD(4e-4, momentum 0.9, wd 1e-4), constant LR, as in
-      the authors' code (``d_optimizer="adam"`` for CIRKD's/IFVD's Adam(4e-4, β = 0.9, 0.99)).
+    - ``pixelwise`` = ``lambda_pi`` (10, run_train_val.sh) · ℓ_pi on ``logits_point``.
+      ``pixelwise_variant="skd_official"`` (default): the code's cross-entropy −Σ softmax(T)·log_softmax(S)
+      divided by H·W only (utils/criterion.py:219-226; it grows with the batch). ``"paper"``: Eq. (1), the
+      per-pixel KL(q^t ‖ q^s) averaged over B·H·W pixels (= CIRKD's pixel KD at τ = 1). Reference case
+      ``skds_pixelwise`` checks the former.
+    - ``pairwise`` = ``lambda_pa`` · ℓ_pa (Eq. 2) on the ``decoder`` points (the feature before the classifier:
+      the code's ``feat_ind=-5`` is ``x_feat_after_psp``, networks/kd_model.py:82, pspnet_combine.py:187-189).
+      ``lambda_pa`` 0.5: run_train_val.sh ``--lambda-pa 0.5`` (train_options.py:58 defaults to 1; our reading of
+      the paper's λ1 = 10 for both ℓ_pi and ℓ_pa is the alternative value). ``variant="skd_official_pool_scale"``
+      (default, the code): each node pools a β×β fraction of the map (kernel ⌊H·β⌋×⌊W·β⌋, β = ``pool_scale`` =
+      0.5, ceil mode, norm + 1e-8, utils/criterion.py:236-245); ``"cirkd_fixed_kernel"``: CIRKD's 2×2 kernel
+      (``pool_kernel``) with F.normalize. Channels may differ (each network has its own graph); if the spatial
+      sizes differ, the student map is resized (bilinear) to the teacher's. Reference cases ``skds_pairwise``.
+    - ``holistic`` = −``lambda_ho`` · mean D(Q^s) (Eq. 3-4), a Wasserstein critic (WGAN-GP, λ_gp = 10) trained in
+      :meth:`separate_step` by its own optimizer with loss weight ``lambda_d`` (the code uses ``lambda_d`` = 0.1 on
+      both sides, kd_model.py:149, 158). On by default (``--ho True``); ``lambda_ho = 0`` removes it and builds
+      no critic. The critic reads Q = ``logits_point`` (the code's ``preds_S[0]``, the stride-8 PSPNet logits
+      before upsampling, kd_model.py:148, 156) brought to 1/``adv_input_stride`` of the image (8: unchanged for
+      an OS-8 model's pre-upsampling logits). ``condition_on_image`` False (the code's critic has the classes as
+      its only input channels, kd_model.py:69); True is the paper's conditional critic D(Q | I). Critic optimizer:
+      SGD(``lr_d`` 4e-4, momentum 0.9, weight decay ``d_weight_decay`` = the script's ``--weight-decay 5e-4``,
+      kd_model.py:75) with the poly schedule of the student (``d_lr_schedule`` "poly", train_and_eval.py:23);
+      "constant" and CIRKD's ``d_optimizer="adam"`` (Adam(4e-4, β = 0.9, 0.99), no decay) are the alternatives.
+    - ``logits_point``: ``logits:pre_upsample`` (default; the code distils and critiques the head's output
+      before upsampling, which only its cross-entropy upsamples, utils/criterion.py:179-188) or ``logits``.
 
-    Weights: λ1 = 10 for ℓ_pi and ℓ_pa and λ2 = 0.1 as we read the paper's implementation details; the
-    authors' code uses ``lambda_pi`` 10, ``lambda_pa`` 1, ``lambda_d`` 0.1 (both critic and student
-    sides); CIRKD's SKD script uses KD 1, pairwise 10 (2×2 kernel), adversarial 0.001, critic 0.1.
+    CIRKD's SKD script (train_scripts/train_kd/train_skd.sh) is another program: KD 1, pairwise 10 (2×2 kernel),
+    adversarial hinge 0.001 / critic 0.1 with Adam; the suites' CIRKD rows set those values.
     """
 
     paper = ("Liu et al., Structured Knowledge Distillation for Semantic Segmentation, CVPR 2019 "
-             "(Eq. 1 pixel-wise, Eq. 2 pair-wise, Eq. 3-5 holistic WGAN)")
+             "(Eq. 1 pixel-wise, Eq. 2 pair-wise, Eq. 3-5 holistic WGAN); defaults of the authors' run_train_val.sh")
     reference_names = ("skds_pairwise", "skds_pixelwise")
     hyperparameters_without_effect: ClassVar[dict[str, str]] = {"pool_kernel": "the pooling kernel of variant='cirkd_fixed_kernel'; the default "
                                                      "variant pools by pool_scale"}
 
     def __init__(self, student_points, teacher_points, num_classes, *, lambda_pi: float = 10.0,
-                 lambda_pa: float = 10.0, lambda_ho: float = 0.1, lambda_d: float = 0.1, lambda_gp: float = 10.0,
+                 lambda_pa: float = 0.5, lambda_ho: float = 0.1, lambda_d: float = 0.1, lambda_gp: float = 10.0,
                  variant: str = "skd_official_pool_scale", pool_scale: float = 0.5, pool_kernel: int = 2,
-                 pixelwise_variant: str = "paper", adv_loss: str = "wgan-gp", condition_on_image: bool = True,
-                 adv_input_stride: int = 8, d_optimizer: str = "sgd", lr_d: float = 4e-4):
+                 pixelwise_variant: str = "skd_official", adv_loss: str = "wgan-gp", condition_on_image: bool = False,
+                 adv_input_stride: int = 8, d_optimizer: str = "sgd", lr_d: float = 4e-4,
+                 d_weight_decay: float = 5e-4, d_lr_schedule: str = "poly",
+                 logits_point: str = "logits:pre_upsample"):
         super().__init__(student_points, teacher_points, num_classes)
         if variant not in PAIRWISE_VARIANTS:
             raise ValueError(f"skds: variant must be one of {PAIRWISE_VARIANTS}, got {variant!r}")
@@ -298,6 +325,7 @@ class SKDS(DistillationMethod):
             raise ValueError(f"skds: pixelwise_variant must be one of {PIXELWISE_VARIANTS}, got {pixelwise_variant!r}")
         if not 0 < pool_scale <= 1:
             raise ValueError(f"skds: pool_scale must be in (0, 1], got {pool_scale}")
+        self.logits_point = check_logits_point("skds", logits_point)
         self.lambda_pi, self.lambda_pa, self.lambda_ho = lambda_pi, lambda_pa, lambda_ho
         self.variant, self.pool_scale, self.pool_kernel = variant, pool_scale, pool_kernel
         self.pixelwise_variant = pixelwise_variant
@@ -306,10 +334,10 @@ class SKDS(DistillationMethod):
             self.holistic = HolisticAdversarialTerm(
                 num_classes, adv_loss=adv_loss, lambda_g=lambda_ho, lambda_d=lambda_d, lambda_gp=lambda_gp,
                 condition_on_image=condition_on_image, input_stride=adv_input_stride, d_optimizer=d_optimizer,
-                lr_d=lr_d)
+                lr_d=lr_d, weight_decay=d_weight_decay, lr_schedule=d_lr_schedule)
         points = set()
         if lambda_pi != 0 or lambda_ho != 0:
-            points.add("logits")
+            points.add(logits_point)
         if lambda_pa != 0:
             points.add("decoder")
         self.student_points = sorted(points)
@@ -318,7 +346,7 @@ class SKDS(DistillationMethod):
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
         if self.lambda_pi != 0:
-            s, t = student["logits"], teacher["logits"]
+            s, t = student[self.logits_point], teacher[self.logits_point]
             loss = pixel_kd(s, t, 1.0) if self.pixelwise_variant == "paper" else pixelwise_official_loss(s, t)
             terms["pixelwise"] = self.lambda_pi * loss
         if self.lambda_pa != 0:
@@ -328,13 +356,13 @@ class SKDS(DistillationMethod):
             terms["pairwise"] = self.lambda_pa * pairwise_similarity_loss(
                 s, t, self.variant, self.pool_kernel, self.pool_scale)
         if self.holistic is not None:
-            terms["holistic"] = self.holistic.generator_loss(student["logits"], batch.images)
+            terms["holistic"] = self.holistic.generator_loss(student[self.logits_point], batch.images)
         return terms
 
     def separate_step(self, student: dict, teacher: dict, batch: Batch) -> dict[str, float]:
         if self.holistic is None:
             return {}
-        return self.holistic.discriminator_step(student["logits"], teacher["logits"], batch.images)
+        return self.holistic.discriminator_step(student[self.logits_point], teacher[self.logits_point], batch)
 
     def student_optimizer_parameters(self):
         own = self.holistic.own_parameter_ids() if self.holistic is not None else set()

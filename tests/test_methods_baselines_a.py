@@ -150,7 +150,7 @@ def test_cwd_connector_only_when_channels_differ():
     cls = METHODS.get("cwd")
     assert trainable(cls(points({"logits": 6}), points({"logits": 6}), 6)) == 0
     method = cls(points({"encoder": 8}), points({"encoder": 16}), 6, points=("encoder",))
-    assert trainable(method) == 8 * 16 + 16  # CIRKD's 1x1 conv with bias
+    assert trainable(method) == 8 * 16  # CIRKD's bias-free 1x1 conv (losses/cwd.py:57)
 
 
 # --- LAD --------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def _cases():
 def _points(backbone, strides, head, num_classes=19):
     points = {f"backbone.{i}": FeaturePoint(c, s, f"b{i}") for i, (c, s) in enumerate(zip(backbone, strides), 1)}
     points.update({"encoder": FeaturePoint(head, 16, "aspp"), "decoder": FeaturePoint(head, 4, "dec"),
-                   "logits": FeaturePoint(num_classes, 1, "")})
+                   "logits": FeaturePoint(num_classes, 1, ""), "logits:pre_upsample": FeaturePoint(num_classes, 4, "c")})
     return points
 
 
@@ -88,10 +88,15 @@ def test_skds_pixelwise_variants_relation():
     entropy_mean = -(p * F.log_softmax(t, 1)).sum(1).mean()
     # the official term is the cross-entropy divided by H·W only: B × (mean KL + mean teacher entropy)
     assert pixelwise_official_loss(s, t).item() == pytest.approx(3 * (kl_mean + entropy_mean).item(), rel=1e-10)
-    method = SKDS(STUDENT_R18, TEACHER_R101, 19, lambda_pa=0, lambda_ho=0)
+    method = SKDS(STUDENT_R18, TEACHER_R101, 19, lambda_pa=0, lambda_ho=0, pixelwise_variant="paper",
+                  logits_point="logits")
     batch = Batch(images=torch.zeros(3, 3, 4, 6), labels=torch.zeros(3, 4, 6, dtype=torch.long))
     assert method({"logits": t}, {"logits": t}, batch)["pixelwise"].abs() < 1e-12  # paper's KL: 0 at identity
     assert method({"logits": s}, {"logits": t}, batch)["pixelwise"].item() == pytest.approx(10 * kl_mean.item())
+    # the default is the authors' script: the H·W-divided cross-entropy, on the logits before upsampling
+    default = SKDS(STUDENT_R18, TEACHER_R101, 19, lambda_pa=0, lambda_ho=0)
+    value = default({"logits:pre_upsample": s}, {"logits:pre_upsample": t}, batch)["pixelwise"]
+    assert value.item() == pytest.approx(10 * 3 * (kl_mean + entropy_mean).item(), rel=1e-10)
 
 
 def test_ifvd_zero_at_identity_and_hand_value():
@@ -163,7 +168,7 @@ def test_mgd_regenerates_masked_features_with_identity_generator():
 def _small_cirkd(**overrides):
     s = {"decoder": FeaturePoint(3, 4, "d"), "logits": FeaturePoint(2, 1, "")}
     t = {"decoder": FeaturePoint(2, 4, "d"), "logits": FeaturePoint(2, 1, "")}
-    args = {"pixel_memory_size": 5, "region_memory_size": 3, "pixel_update_freq": 2} | overrides
+    args = {"pixel_memory_size": 5, "region_memory_size": 3, "pixel_update_freq": 2, "kd_point": "logits"} | overrides
     return CIRKD(s, t, 2, **args)
 
 
@@ -269,8 +274,9 @@ def test_critic_optimizer_updates_only_the_critic_and_is_checkpointed(name, hpar
 def test_adversarial_options():
     points = {"logits": FeaturePoint(6, 1, "")}
     cls = METHODS.get("adversarial")
-    plain = cls(points, points, 6)
-    conditional = cls(points, points, 6, condition_on_image=True, adv_loss="wgan-gp", d_optimizer="sgd")
+    plain = cls(points, points, 6, point="logits")
+    conditional = cls(points, points, 6, condition_on_image=True, adv_loss="wgan-gp", d_optimizer="sgd",
+                      point="logits")
     assert plain.holistic.discriminator.preprocess.num_features == 6
     assert conditional.holistic.discriminator.preprocess.num_features == 9  # logits + RGB
     assert isinstance(plain.holistic.optimizer, torch.optim.Adam)
@@ -289,8 +295,8 @@ def test_adversarial_options():
 
 def test_skds_options_and_points():
     default = SKDS(STUDENT_R18, TEACHER_R101, 19)
-    assert default.student_points == ["decoder", "logits"] and default.holistic is not None
-    assert default.holistic.adv_loss == "wgan-gp" and default.holistic.condition_on_image
+    assert default.student_points == ["decoder", "logits:pre_upsample"] and default.holistic is not None
+    assert default.holistic.adv_loss == "wgan-gp" and not default.holistic.condition_on_image
     no_ho = SKDS(STUDENT_R18, TEACHER_R101, 19, lambda_ho=0.0)
     assert no_ho.holistic is None and _trainable(no_ho) == 0
     only_pa = SKDS(STUDENT_R18, TEACHER_R101, 19, lambda_pi=0.0, lambda_ho=0.0)
@@ -321,4 +327,4 @@ def test_extra_parameters_for_r18_from_r101():
     assert counts["mgd"] == (512 * 2048 + 2048) + 2 * (2048 * 2048 * 9 + 2048)
     assert counts["cirkd"] == 256 * 256 + 2 * 256 + 256 * 256
     critic_params = sum(p.numel() for p in methods["skds"].holistic.discriminator.parameters())
-    assert critic_params == 3_194_799  # SAGAN critic, conv_dim 64, on 19 logits + 3 image channels
+    assert critic_params == 3_191_721  # SAGAN critic, conv_dim 64, on the 19 logits alone (the code's input)

@@ -35,6 +35,13 @@ def features(pts, seed=0, size=SIZE, grad=False):
     return {k: v.requires_grad_(grad) for k, v in feats.items()}
 
 
+def make_lfd(student_points, teacher_points, num_classes, **hparams) -> LFD:
+    """LFD on the upsampled logits of these hand-built points, without the script's self-normalised KD term,
+    unless a test asks for them."""
+    return LFD(student_points, teacher_points, num_classes,
+               **{"logits_point": "logits", "self_normalized_kd": False, **hparams})
+
+
 def identity_adapter(method: LFD) -> LFD:
     with torch.no_grad():
         method.adapter.weight.copy_(torch.eye(method.adapter.weight.shape[0]).view_as(method.adapter.weight))
@@ -45,9 +52,9 @@ def test_defaults_and_points():
     assert LFD.hyperparameters() == {
         "use_feature": True, "use_spatial_mask": True, "use_shared_head": True, "use_class_mask": True,
         "use_kl": True, "lambda_feature": 1.0, "lambda_aux": 0.1, "lambda_kd": 1.0, "kd_temperature": 1.0,
-        "start_iter": 1000, "self_normalize": True, "self_normalize_task": True, "aux_mid_channels": 128,
-        "feature_point": "decoder"}
-    method = LFD(points(4), points(8), K)
+        "start_iter": 1000, "self_normalize": True, "self_normalize_task": True, "self_normalized_kd": True,
+        "aux_mid_channels": 128, "feature_point": "decoder", "logits_point": "logits:pre_upsample"}
+    method = make_lfd(points(4), points(8), K)
     assert method.student_points == method.teacher_points == ["decoder", "logits"]
     assert method.adapter.weight.shape == (8, 4, 1, 1) and method.adapter.bias is None
     assert method.aux_head.conv[0].weight.shape == (128, 8, 3, 3)
@@ -56,7 +63,7 @@ def test_defaults_and_points():
 
 def test_zero_gap_when_student_equals_teacher():
     pts = points()
-    method = identity_adapter(LFD(pts, pts, K, start_iter=0))
+    method = identity_adapter(make_lfd(pts, pts, K, start_iter=0))
     feats = features(pts)
     terms = method(feats, {k: v.clone() for k, v in feats.items()}, batch())
     assert terms["feature"].item() == 0.0  # 0 / clamp(0) rather than 0/0
@@ -106,12 +113,12 @@ def test_feature_term_by_hand_masked_and_unmasked():
     teacher = {"decoder": torch.ones(1, 1, 1, 2), "logits": torch.zeros(1, K, 1, 2)}
     teacher["logits"][0, 0, 0, 0] = 5.0  # only pixel 0 disagrees: the mask is (2, 0)
     b = Batch(images=torch.zeros(1, 3, 1, 2), labels=torch.zeros(1, 1, 2, dtype=torch.long))
-    masked = identity_adapter(LFD(pts, pts, K, use_shared_head=False, use_class_mask=False, self_normalize=False,
+    masked = identity_adapter(make_lfd(pts, pts, K, use_shared_head=False, use_class_mask=False, self_normalize=False,
                                   use_kl=False, lambda_feature=3.0))
     assert masked(student, teacher, b)["feature"].item() == pytest.approx(3.0 * (2.0 * 1 + 0.0 * 1) / 2, rel=1e-5)
     teacher["decoder"][0, 0, 0, 1] = 5.0  # the masked-out pixel's gap does not count
     assert masked(student, teacher, b)["feature"].item() == pytest.approx(3.0, rel=1e-5)
-    plain = identity_adapter(LFD(pts, pts, K, use_spatial_mask=False, use_shared_head=False, use_class_mask=False,
+    plain = identity_adapter(make_lfd(pts, pts, K, use_spatial_mask=False, use_shared_head=False, use_class_mask=False,
                                  self_normalize=False, use_kl=False))
     assert plain(student, teacher, b)["feature"].item() == pytest.approx((1 + 25) / 2, rel=1e-5)
     assert plain.student_points == ["decoder"]  # no mask, no KL: the logits are not captured
@@ -122,7 +129,7 @@ def test_self_normalisation_keeps_the_direction_and_divides_by_the_value():
     grads = {}
     for normalise in (True, False):
         torch.manual_seed(0)
-        method = LFD(pts, pts, K, use_shared_head=False, use_class_mask=False, use_kl=False, lambda_feature=2.0,
+        method = make_lfd(pts, pts, K, use_shared_head=False, use_class_mask=False, use_kl=False, lambda_feature=2.0,
                      self_normalize=normalise)
         student = features(pts, seed=1, grad=True)
         term = method(student, features(pts, seed=2), batch())["feature"]
@@ -136,7 +143,7 @@ def test_self_normalisation_keeps_the_direction_and_divides_by_the_value():
 
 def test_kl_switches_on_at_start_iter():
     pts = points()
-    method = LFD(pts, pts, K, start_iter=5)
+    method = make_lfd(pts, pts, K, start_iter=5)
     student, teacher = features(pts, seed=1, grad=True), features(pts, seed=2)
     before = method(student, teacher, batch(iteration=4))["kl"]
     assert before.item() == 0.0 and not before.requires_grad
@@ -152,12 +159,12 @@ def test_class_mask_switch():
     values = {}
     for use in (True, False):
         torch.manual_seed(0)
-        method = LFD(pts, pts, K, use_class_mask=use)
+        method = make_lfd(pts, pts, K, use_class_mask=use)
         values[use] = method(student, teacher, batch())["aux_student"].item()
     assert values[True] != pytest.approx(values[False], rel=1e-4)
     # off: exactly λ_aux · plain cross-entropy of the head on the adapted student feature
     torch.manual_seed(0)
-    method = LFD(pts, pts, K, use_class_mask=False)
+    method = make_lfd(pts, pts, K, use_class_mask=False)
     logits = method.aux_head(method.adapter(student["decoder"]))
     logits = F.interpolate(logits, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
     expected = 0.1 * F.cross_entropy(logits, batch().labels, ignore_index=255)
@@ -166,7 +173,7 @@ def test_class_mask_switch():
 
 def test_shared_head_gradients():
     pts = points()
-    method = LFD(pts, pts, K)
+    method = make_lfd(pts, pts, K)
     student, teacher = features(pts, seed=1, grad=True), features(pts, seed=2, grad=True)
     terms = method(student, teacher, batch())
     terms["aux_teacher"].backward(retain_graph=True)
@@ -183,18 +190,18 @@ def test_shared_head_gradients():
 
 def test_shared_head_switches_off():
     pts = points()
-    method = LFD(pts, pts, K, use_shared_head=False, use_class_mask=False)
+    method = make_lfd(pts, pts, K, use_shared_head=False, use_class_mask=False)
     assert not hasattr(method, "aux_head")
     terms = method(features(pts, 1), features(pts, 2), batch())
     assert set(terms) == {"feature", "kl"}
-    only_kl = LFD(pts, pts, K, use_feature=False, use_spatial_mask=False, use_shared_head=False,
+    only_kl = make_lfd(pts, pts, K, use_feature=False, use_spatial_mask=False, use_shared_head=False,
                   use_class_mask=False)
     assert not hasattr(only_kl, "adapter") and only_kl.student_points == ["logits"]
 
 
 def test_different_strides_resize_the_student():
     student_pts, teacher_pts = points(4, stride=8), points(8, stride=4)
-    method = LFD(student_pts, teacher_pts, K, start_iter=0)
+    method = make_lfd(student_pts, teacher_pts, K, start_iter=0)
     student = features(student_pts, seed=1, grad=True)
     terms = method(student, features(teacher_pts, seed=2), batch())
     sum(terms.values()).backward()
@@ -224,7 +231,7 @@ def test_on_the_tiny_pair_after_start_iter():
 ])
 def test_validation_errors_are_clear(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        LFD(points(), points(), K, **kwargs)
+        make_lfd(points(), points(), K, **kwargs)
 
 
 def test_task_loss_is_self_normalised_as_the_script_does():

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from benchmark.models import pretrained as pretrained_module
+from benchmark.models.authors_encoders import PaddedInputConv2d
 from benchmark.models.base import check_feature_shapes, count_parameters
 from benchmark.models.describe import describe_model
 from benchmark.models.hooks import FeatureCapture
@@ -111,6 +112,55 @@ def test_xception_r101_has_multi_grid_last_stage():
     assert [block.conv2.dilation for block in layer4] == [(2, 2), (4, 4), (8, 8)]
 
 
+@pytest.mark.parametrize(("output_stride", "expected"), [(16, {"layer3": (1, 1), "layer4": (2, 2)}),
+                                                          (8, {"layer3": (2, 2), "layer4": (4, 4)})])
+def test_xception_resnet18_dilates_both_convs_of_a_dilated_stages_first_block(output_stride, expected):
+    backbone = MODELS.get("deeplabv3plus_r18")(3, output_stride=output_stride).backbone
+    for stage, rate in expected.items():
+        for block in getattr(backbone, stage):
+            assert block.conv1.dilation == block.conv1.padding == block.conv2.dilation == rate
+    # The CIRKD family keeps gluon-cv's convention (as timm): block 0 has the previous stage's dilation.
+    cirkd = MODELS.get("deeplabv3_r18")(3).backbone
+    assert cirkd.layer4[0].conv1.dilation == (2, 2) and cirkd.layer4[1].conv1.dilation == (4, 4)
+
+
+@pytest.mark.parametrize(("output_stride", "rates"), [(16, [1, 1, 1, 1, 1, 1, 2]), (8, [1, 1, 1, 1, 2, 2, 4])])
+def test_xception_mobilenet_v2_dilates_whole_stages_and_pads_before_the_expansion(output_stride, rates):
+    blocks = MODELS.get("deeplabv3plus_mbv2")(3, output_stride=output_stride).backbone.blocks
+    assert [{b.conv_dw.dilation for b in stage} for stage in blocks] == [{(r, r)} for r in rates]
+    for stage, rate in zip(blocks[1:], rates[1:], strict=True):
+        for block in stage:
+            assert isinstance(block.conv_pw, PaddedInputConv2d) and block.conv_pw.input_padding == rate
+            assert block.conv_dw.padding == (0, 0)
+    cirkd = MODELS.get("deeplabv3_mbv2")(3).backbone.blocks  # CIRKD's MobileNetV2Dilated is timm's own dilation
+    assert [b.conv_dw.dilation[0] for b in cirkd[3]] == [1, 2, 2, 2] and not isinstance(cirkd[3][0].conv_pw,
+                                                                                       PaddedInputConv2d)
+
+
+@pytest.mark.parametrize("name", ["deeplabv3plus_mbv2", "deeplabv3_mbv2"])
+def test_mobilenet_v2_pre_relu_points_are_the_next_blocks_expansion_before_relu6(name):
+    torch.manual_seed(0)
+    model = MODELS.get(name)(3).eval()
+    for module in model.modules():  # non-trivial BN statistics, so the border of the padded map differs from 0
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.normal_(module.running_mean)
+            torch.nn.init.normal_(module.bias)
+    points = [f"backbone.{k}{suffix}" for k in range(1, 5) for suffix in ("", ":pre_relu")]
+    assert [model.point(f"backbone.{k}:pre_relu").channels for k in range(1, 5)] == [144, 192, 576, 320]
+    with FeatureCapture(model, points) as capture, torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+        features = capture.pop()
+    check_feature_shapes(model, torch.randn(1, 3, 64, 64), features)
+    blocks = model.backbone.blocks
+    for k, following in ((1, blocks[2][0]), (2, blocks[3][0]), (3, blocks[5][0])):
+        bn = following.bn1
+        expanded = F.conv2d(features[f"backbone.{k}"], following.conv_pw.weight)  # on the unpadded stage output
+        expected = F.batch_norm(expanded, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        torch.testing.assert_close(features[f"backbone.{k}:pre_relu"], expected)
+        assert features[f"backbone.{k}:pre_relu"].min() < 0  # before the ReLU6
+    assert torch.equal(features["backbone.4:pre_relu"], features["backbone.4"])  # linear: no ReLU follows
+
+
 def test_pre_relu_point_is_the_input_of_the_stage_relu():
     torch.manual_seed(0)
     model = MODELS.get("deeplabv3_r18")(3).eval()
@@ -185,6 +235,9 @@ def test_loads_from_a_hugging_face_cache_directory(tmp_path):
     save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
     model = MODELS.get("deeplabv3plus_mbv2")(21, pretrained=str(tmp_path))
     assert torch.equal(model.backbone.blocks[6][0].conv_pwl.weight, state["blocks.6.0.conv_pwl.weight"])
+    # The deeplab-xception padding swaps the expansion conv for a padding one: it keeps the loaded weights.
+    assert isinstance(model.backbone.blocks[2][0].conv_pw, PaddedInputConv2d)
+    assert torch.equal(model.backbone.blocks[2][0].conv_pw.weight, state["blocks.2.0.conv_pw.weight"])
 
 
 def test_cache_directory_without_the_weights_says_what_it_looked_for(tmp_path):

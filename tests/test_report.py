@@ -126,7 +126,7 @@ def build_store(root: Path) -> Path:
     suite = {"name": "fake", "description": "A fake suite", "path": "suites/fake.yaml", "parts": [
         part_record("main", "Table 2: CamVid", ["resnet18", "mobilenet"], ["none", "kd", EVIL], [0, 1, 2], claims,
                     keys, "single-scale, test split"),
-        # EVIL is a row here but never ran: its claim must read "not run yet".
+        # EVIL is a row here but never ran: its claim must read "not run".
         part_record("single", "Table 3: one seed", ["resnet18"], ["none", "kd", EVIL], [0],
                     [claim("resnet18", EVIL, 61.0)], one_keys, None)]}
     (root / "suite.json").write_text(json.dumps(suite))
@@ -155,7 +155,7 @@ def pct(values):
 
 
 def test_files_exist(rendered):
-    for name in ("index.html", "results.csv", "tables.md", "tables.tex"):
+    for name in ("index.html", "results.csv", "tables.csv", "tables.md", "tables.tex"):
         assert (rendered / name).is_file() and (rendered / name).stat().st_size > 0, name
 
 
@@ -226,12 +226,13 @@ def test_claim_statuses_and_flags(store, rendered):
     assert kd["compared_on"] == "best" and "outside the paper's ±0.30" in kd["flag"]
     none = frame[(frame["student"] == "resnet18") & (frame["method"] == "none")].iloc[0]
     assert none["flag"] == ""  # 70.50 vs 70.00: within 1 mIoU, no ± stated
-    assert frame[(frame["student"] == "mobilenet") & (frame["method"] == "kd")].iloc[0]["status"].startswith("partial")
+    mobilenet_kd = frame[(frame["student"] == "mobilenet") & (frame["method"] == "kd")].iloc[0]
+    assert mobilenet_kd["status"] == "reproduced (2 of 3 seeds)"  # 66.50 vs 66.60, seed 2 failed
     single = report.parts[1].cells
     assert single[single["method"] == EVIL].iloc[0]["status"] == T.NOT_RUN
     for name in ("index.html", "tables.md", "tables.tex"):
         assert "not reproduced: method not implemented" in (rendered / name).read_text(), name
-        assert "not run yet" in (rendered / name).read_text(), name
+        assert "not run" in (rendered / name).read_text(), name
 
 
 def test_claimed_gain_only(store, rendered):
@@ -294,7 +295,7 @@ def test_rerender_is_deterministic(store, rendered, tmp_path):
         text = path.read_text()
         return "\n".join(line for line in text.splitlines() if "generated-at" not in line)
 
-    for name in ("index.html", "results.csv", "tables.md", "tables.tex"):
+    for name in ("index.html", "results.csv", "tables.csv", "tables.md", "tables.tex"):
         assert content(rendered / name) == content(again / name), name
 
 
@@ -311,3 +312,104 @@ def test_without_suite_record(store, tmp_path):
 def test_empty_store(tmp_path):
     (tmp_path / "empty").mkdir()
     assert render_report(tmp_path / "empty", tmp_path / "out").is_file()
+
+
+# --- status words (issue 13) -------------------------------------------------------------------------------------
+
+
+def test_status_words_say_what_the_comparison_found(store):
+    report = T.collect(store)
+    statuses = {(view.info.name, r["student"], r["method"]): (r["status"], r["status_kind"])
+                for view in report.parts for r in view.cells.to_dict("records")}
+    assert statuses == {
+        ("main", "resnet18", "none"): ("reproduced", "reproduced"),  # 70.50 vs 70.00, no ± stated
+        ("main", "resnet18", "kd"): ("below claim by 0.33", "below claim"),  # best 72.17 vs 72.50 ± 0.30
+        ("main", "resnet18", EVIL): ("above claim by 1.33", "above claim"),  # 70.33 vs 69.00
+        ("main", "resnet18", "SKD"): (T.NOT_IMPLEMENTED, "not implemented"),
+        ("main", "mobilenet", "none"): ("reproduced", "reproduced"),
+        ("main", "mobilenet", "kd"): ("reproduced (2 of 3 seeds)", "reproduced"),
+        ("main", "mobilenet", EVIL): ("below claimed gain by 1.80", "below claim"),  # gain −1.00 vs +0.80
+        ("single", "resnet18", "none"): ("no claim", "no claim"),
+        ("single", "resnet18", "kd"): ("no claim", "no claim"),
+        ("single", "resnet18", EVIL): ("not run", "not run"),
+    }
+    assert report.status_counts == [("reproduced", 3), ("below claim", 2), ("above claim", 1), ("no claim", 2),
+                                    ("not run", 1), ("not implemented", 1)]
+
+
+def test_row_status_names_failed_and_partial_runs():
+    row = {"n": 0, "claim_miou": 70.0, "claim_gain": math.nan, "claim_delta": math.nan, "flag": ""}
+    assert T.row_status(row, True, True, 3, {"failed": 3}) == ("failed", "failed")
+    assert T.row_status(row, True, True, 3, {"failed": 1, "pending": 2}) == ("failed (1 of 3 seeds)", "failed")
+    assert T.row_status(row, True, True, 3, {"interrupted": 1}) == ("not run (1 interrupted)", "not run")
+    row.update(n=1, claim_delta=0.4)
+    assert T.row_status(row, True, True, 3, {}) == ("reproduced (1 of 3 seeds)", "reproduced")
+    row.update(claim_delta=-3.1, flag="more than 1 mIoU from the claim")
+    assert T.row_status(row, True, True, 1, {}) == ("below claim by 3.10", "below claim")
+    row.update(claim_miou=math.nan)
+    assert T.row_status(row, True, True, 1, {}) == ("no claim", "no claim")
+
+
+def _html_status(html: str, part: str, student: str, method: str) -> str:
+    start = html.index(f'<section id="part-{part}">')
+    body = html[start:html.index("</section>", start)]
+    body = body[body.index(f"<h3>{student} <small>"):]
+    body = body[:body.index("</table>")]
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.DOTALL):
+        if f'<td class="method">{method}</td>' in row:
+            return re.sub(r"<[^>]+>", "", re.findall(r"<td[^>]*>(.*?)</td>", row, re.DOTALL)[-1]).strip()
+    raise AssertionError(f"no row {method} in the HTML results table of {part} / {student}")
+
+
+def _markdown_status(markdown: str, title: str, student: str, method: str) -> str:
+    body = markdown[markdown.index(f"## {title}"):]
+    body = body[body.index(f"### {student}"):]
+    for line in body.splitlines():
+        if line.startswith(f"| {method} |"):
+            return line.strip("| ").split(" | ")[-1]
+    raise AssertionError(f"no row {method} in the Markdown table of {title} / {student}")
+
+
+def _latex_status(latex: str, title: str, student: str, method: str) -> str:
+    body = latex[latex.index(f"% {tex(title)}"):]
+    body = body[body.index(f"student {tex(student)}"):body.index(r"\end{tabular}", body.index(f"student {tex(student)}"))]
+    for line in body.splitlines():
+        if line.startswith(f"{tex(method)} & "):
+            return line.removesuffix(r" \\").split(" & ")[-1]
+    raise AssertionError(f"no row {method} in the LaTeX table of {title} / {student}")
+
+
+def test_a_row_without_a_claim_is_never_called_reproduced_in_any_format(rendered):
+    html = (rendered / "index.html").read_text()
+    markdown = (rendered / "tables.md").read_text()
+    latex = (rendered / "tables.tex").read_text()
+    with open(rendered / "tables.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    csv_status = {(r["part"], r["student"], r["method"]): r["status"] for r in rows}
+    # claimed and within tolerance; claimed nothing (same numbers shape, one seed)
+    for part, title, method, word in (("main", "Table 2: CamVid (main)", "none", "reproduced"),
+                                      ("single", "Table 3: one seed (single)", "none", "no claim"),
+                                      ("single", "Table 3: one seed (single)", "kd", "no claim")):
+        assert _html_status(html, part, "resnet18", method) == word, (part, method)
+        assert _markdown_status(markdown, title, "resnet18", method) == word, (part, method)
+        assert _latex_status(latex, title.split(" (")[0], "resnet18", method) == word, (part, method)
+        assert csv_status[(part, "resnet18", method)] == word, (part, method)
+    for row in rows:
+        if not row["claim_miou"] and not row["claim_gain"]:
+            assert "reproduced" not in row["status"] and row["status_kind"] != "reproduced", row
+    summary = "3 reproduced, 2 below claim, 1 above claim, 2 no claim, 1 not run, 1 not implemented"
+    assert summary in markdown and summary in latex
+    assert re.search(r"Table rows: <b[^>]*>3</b> reproduced · <b[^>]*>2</b> below claim", html)
+
+
+def test_training_curves_are_seed_means_of_the_history(store, rendered):
+    report = T.collect(store)
+    main = report.parts[0]
+    series = {s["method"]: s for s in T.curve_series(main.runs, main.info, "resnet18")}
+    assert list(series) == ["none", "kd", EVIL]
+    values = [100 * (v - 0.01) for v in MAIN[("resnet18", "none")]]
+    assert series["none"]["iterations"] == [50] and series["none"]["n"] == [3]
+    assert series["none"]["mean"][0] == pytest.approx(statistics.mean(values))
+    assert series["none"]["std"][0] == pytest.approx(statistics.stdev(values))
+    assert series["none"]["split"] == "val"
+    assert "Training curves: mIoU on the selection split (val)" in (rendered / "index.html").read_text()

@@ -1,4 +1,4 @@
-"""torchrun support: rank from the environment, every collective guarded so one process needs no group."""
+"""torchrun and Slurm-task support: rank from the environment, every collective guarded so one process needs no group."""
 
 from __future__ import annotations
 
@@ -29,9 +29,11 @@ def initialized() -> bool:
 
 
 def setup() -> torch.device:
-    """Join the process group when launched by torchrun; pick this process's device."""
+    """Join the process group when launched by torchrun (or as Slurm tasks, see :mod:`benchmark.launch`); pick
+    this process's device. A process that sees one GPU uses it whatever its local rank: clusters that bind
+    one GPU per task show each task only its own (``cuda:LOCAL_RANK`` would not exist for rank >= 1)."""
     if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank())
+        device = torch.device("cuda", local_rank() if torch.cuda.device_count() > 1 else 0)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")

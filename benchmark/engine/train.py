@@ -17,13 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.layers import convert_sync_batchnorm
 from torch import nn
 from tqdm import tqdm
 
+from benchmark.convert import describe_weights, load_weights
 from benchmark.data.transforms import EvalTransform, TrainTransform
 from benchmark.engine import distributed
+from benchmark.engine.board import RunBoard, folder_name
 from benchmark.engine.checkpoint import load_checkpoint, load_state_strict, rng_state, save_checkpoint, set_rng_state
 from benchmark.engine.loader import eval_loader, iterations_per_epoch, train_loader
+from benchmark.engine.predictions import QualitativePlan, save_predictions
 from benchmark.engine.prepare import run_prepare
 from benchmark.engine.step import step_losses
 from benchmark.engine.step import student_capture as make_student_capture
@@ -57,6 +61,9 @@ class TrainJob:
     teacher: SegmentationModel | None = None
     runtime: dict[str, Any] = field(default_factory=dict)
     save_weights: bool = False  # teachers keep their final weights for the runs that use them
+    board_name: str = ""  # the run's TensorBoard folder under tb/ (default: from `name`)
+    qualitative: QualitativePlan | None = None  # prediction PNGs after training (None: none)
+    initial_weights: dict[str, str] | None = None  # {"path", "format"}: the student starts from this file
 
 
 def seed_everything(seed: int) -> None:
@@ -97,15 +104,40 @@ def lr_lambda(schedule: ScheduleConfig, total: int):
     return factor
 
 
-def make_optimizer(schedule: ScheduleConfig, student: nn.Module, method: CompositeMethod):
-    groups = [{"params": [p for p in student.parameters() if p.requires_grad], "lr": schedule.lr}]
+def make_optimizer(schedule: ScheduleConfig, student: SegmentationModel, method: CompositeMethod):
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    head = {id(p) for p in student.head_parameters()} if schedule.head_lr_mult != 1 else set()
+    if schedule.head_lr_mult != 1 and not head:
+        raise ValueError(f"schedule.head_lr_mult {schedule.head_lr_mult}: {type(student).__name__} declares no head "
+                         f"modules (SegmentationModel.head_modules)")
+    groups = [{"params": [p for p in trainable if id(p) not in head], "lr": schedule.lr, "name": "student"}]
+    if head:  # pytorch-deeplab-xception get_1x_lr_params / get_10x_lr_params (modeling/deeplab.py:47-65)
+        groups.append({"params": [p for p in trainable if id(p) in head], "lr": schedule.lr * schedule.head_lr_mult,
+                       "name": "head"})
     method_params = list(method.student_optimizer_parameters())
     if method_params:
-        groups.append({"params": method_params, "lr": schedule.lr * schedule.method_lr_mult})
+        groups.append({"params": method_params, "lr": schedule.lr * schedule.method_lr_mult, "name": "method"})
     if schedule.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum, nesterov=schedule.nesterov,
                                weight_decay=schedule.weight_decay)
     return torch.optim.AdamW(groups, lr=schedule.lr, weight_decay=schedule.weight_decay)
+
+
+def group_lr_lambdas(schedule: ScheduleConfig, total: int, per_epoch: int, method: CompositeMethod, optimizer):
+    """One lr multiplier per parameter group: the schedule's, and for the method's group also the method's own
+    per-epoch lr (``lr_multiplier``; e.g. connectors at 1x in a warm-up epoch, at ``method_lr_mult`` after).
+    The table is built before training, so a method asking for conflicting rates fails before any step."""
+    base = lr_lambda(schedule, total)
+    epochs = total // max(per_epoch, 1) + 1
+    scale = []
+    for epoch in range(epochs):
+        asked = method.lr_multiplier(epoch)
+        scale.append(1.0 if asked is None else asked / schedule.method_lr_mult)
+
+    def method_factor(iteration: int) -> float:
+        return base(iteration) * scale[min(iteration // max(per_epoch, 1), epochs - 1)]
+
+    return [method_factor if group.get("name") == "method" else base for group in optimizer.param_groups]
 
 
 def autocast_context(device: torch.device, runtime: dict[str, Any]):
@@ -148,7 +180,15 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
 
 
 def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> dict[str, Any]:
-    """Train one run to the end (resuming from its checkpoint if any) and return its record."""
+    """Train one run to the end (resuming from its checkpoint if any) and return its record.
+
+    Its TensorBoard events are flushed and closed however the run ends, a failure included.
+    """
+    with RunBoard(job.folder, job.board_name or folder_name(job.name), enabled=distributed.is_main()) as board:
+        return _train_run(job, device, log, board)
+
+
+def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: RunBoard) -> dict[str, Any]:
     rank, world = distributed.rank(), distributed.world_size()
     dataset_cfg, schedule = job.dataset, job.schedule
     spec = DATASETS.get(dataset_cfg["name"])
@@ -167,9 +207,15 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
 
     seed_everything(job.seed)
     student = MODELS.get(job.model_name)(spec.num_classes, **job.model_options)
+    initial = None
+    if job.initial_weights:
+        initial = load_weights(student, Path(job.initial_weights["path"]).expanduser(), job.initial_weights["format"],
+                               "the student's initial weights")
+        log.info("%s: initial weights %s", job.name, describe_weights(initial))
     if distributed.initialized() and device.type == "cuda":
-        # Batch statistics over the global batch, as the papers' multi-GPU runs compute them (CUDA only).
-        student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        # Batch statistics over the global batch, as the papers' multi-GPU runs compute them (CUDA only). timm's
+        # conversion keeps the activation inside BatchNormAct2d (MobileNetV2's ReLU6); torch's would drop it.
+        student = convert_sync_batchnorm(student)
     student = student.to(device)
     teacher = job.teacher
     method = build_method(job.methods, student, teacher).to(device)
@@ -177,7 +223,8 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(schedule, student, method)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, group_lr_lambdas(schedule, total, per_epoch, method,
+                                                                              optimizer))
 
     checkpoint_path = job.folder / "checkpoint.pt"
     best_path = job.folder / "best.pt"
@@ -191,12 +238,26 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
         set_rng_state(saved["rng"])
         state = saved["progress"]
         log.info("%s: resumed from %s at iteration %d", job.name, checkpoint_path, state["iteration"])
+    board.start(state["iteration"])
     if teacher is not None:
         teacher.train(method.teacher_train_mode)
+        if method.teacher_train_mode:
+            # Batch statistics as the authors' code, but the shared teacher's running statistics must not move:
+            # later runs (eval mode) read them. Momentum is unused in eval mode, so nothing needs restoring.
+            for module in teacher.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.momentum = 0.0
 
-    train_transform = TrainTransform(dataset_cfg["crop"], dataset_cfg["scale_range"], dataset_cfg["flip"],
-                                     ignore_index=spec.ignore_index)
-    eval_transform = EvalTransform(dataset_cfg["eval_size"])
+    train_transform = TrainTransform.from_config(dataset_cfg, spec.ignore_index)
+    eval_transform = EvalTransform.from_config(dataset_cfg)
+    authors_forward = schedule.kd_forward == "extract_feature" and teacher is not None
+    # pytorch-deeplab-xception divides the pixel-mean CE by the batch the loss sees (utils/loss.py:30-31): all of it.
+    task_divisor = schedule.batch_size * world if schedule.ce_batch_average else 1
+    log.info("%s: input %s, scale %s, pad image %s / label %d, blur %s; head lr x%g, CE%s, %s forward", job.name,
+             dataset_cfg["normalization"], dataset_cfg["scale_mode"], dataset_cfg["image_pad"],
+             dataset_cfg["label_pad"], dataset_cfg["gaussian_blur"], schedule.head_lr_mult,
+             f" / {task_divisor} (batch average)" if task_divisor != 1 else " pixel mean",
+             "authors' KD" if authors_forward else "plain")
     num_workers = int(job.runtime.get("num_workers", 0))
     pin = device.type == "cuda"
 
@@ -235,6 +296,7 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
         """Evaluate on the selection split; keep the best student (its weights too, if scored elsewhere)."""
         scores = evaluate_on(selection_split, student)
         state["history"].append({"iteration": iteration, "split": selection_split, "miou": scores["miou"]})
+        board.evaluation(iteration, selection_split, scores["miou"])
         log.info("%s: iteration %d: %s mIoU %.4f", job.name, iteration, selection_split, scores["miou"])
         best = state["best"]
         if best is None or scores["miou"] > best["selection_miou"]:
@@ -255,13 +317,16 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
         batch = Batch(images, labels, iteration, total, per_epoch, spec.ignore_index)
         with autocast_context(device, job.runtime):
             terms, student_feats, teacher_feats = step_losses(student, teacher, method, student_hooks,
-                                                              teacher_capture, batch)
+                                                              teacher_capture, batch, authors_forward)
+        if task_divisor != 1:
+            terms.update({k: terms[k] / task_divisor for k in TASK_TERMS if k in terms})
         frozen = method.student_frozen(batch)
         loss = sum(v for k, v in terms.items() if k not in TASK_TERMS)
         if not frozen:
             loss = loss + method.scale_task_loss(sum(terms[k] for k in TASK_TERMS if k in terms), batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if not frozen or loss.requires_grad:  # a frozen step may have nothing to train (the AICSD code's LAD epoch 0)
+            loss.backward()
         if frozen:  # only the method's modules step; SGD and AdamW skip parameters without a gradient
             for parameter in student.parameters():
                 parameter.grad = None
@@ -288,6 +353,7 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
             progress.set_postfix(loss=f"{means['total']:.4f}")
             log.info("%s: iteration %d/%d lr %.3g %s", job.name, iteration, total, scheduler.get_last_lr()[0],
                      " ".join(f"{k}={v:.4f}" for k, v in means.items()))
+            board.training(iteration, means, optimizer)
         state["elapsed"] = elapsed_before + time.perf_counter() - started
         if selection_split and schedule.eval_every and iteration % schedule.eval_every == 0 and iteration < total:
             select(iteration)
@@ -308,6 +374,7 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
     if selection_split:
         if selection_split == eval_split:
             state["history"].append({"iteration": total, "split": eval_split, "miou": final["miou"]})
+            board.evaluation(total, eval_split, final["miou"])
             best = state["best"]
             if best is None or final["miou"] > best["selection_miou"]:
                 best = {"iteration": total, "selection_miou": final["miou"], "scores": final}
@@ -326,6 +393,11 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
                            "selection_miou": best["selection_miou"], **scores}
     wall = elapsed_before + time.perf_counter() - started
     memory, memory_kind = peak_memory(device)
+    board.scores(total, {"split": eval_split, **final}, best_record, spec.class_names)
+    qualitative = None
+    if job.qualitative is not None and distributed.is_main():
+        qualitative = save_predictions(student, split(eval_split), eval_split, eval_transform, spec, job.folder,
+                                       job.qualitative, device, job.runtime)
     if job.save_weights and distributed.is_main():
         save_checkpoint(job.folder / "model.pt", student.state_dict())
     return {
@@ -335,6 +407,7 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
         "iterations": total,
         "iterations_per_epoch": per_epoch,
         "last_losses": state.get("last_losses", {}),
+        "qualitative": qualitative,
         "timing": {
             "wall_seconds": wall,
             "device_hours": wall * world / 3600,
@@ -345,5 +418,6 @@ def run_training(job: TrainJob, device: torch.device, log: logging.Logger) -> di
             "world_size": world,
         },
         "method_params": sum(p.numel() for p in method.student_optimizer_parameters()),
+        **({"student_checkpoint": initial} if initial else {}),
         "student_model": student,
     }

@@ -16,8 +16,10 @@ Point names are the same across architectures:
                                  after upsampling)
 ``aux_logits``                   the auxiliary head's output at its own stride (models with an aux head)
 
-``NAME:pre_relu`` is the same feature before its final ReLU (AttnFD and Overhaul distil these); it is
-captured as the input of a non-in-place ReLU module.
+``NAME:pre_relu`` is the feature at the first ReLU at or after point NAME, taken before that ReLU (AttnFD and
+Overhaul distil these): for most points the same feature before its final ReLU, captured as the input of a
+non-in-place ReLU module; for MobileNetV2's linear-bottleneck stages the next block's expansion before its ReLU6
+(its own channel count), or the stage's output where no ReLU follows (see :mod:`benchmark.models.zoo_common`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ class SegmentationModel(nn.Module):
     num_classes: int
     feature_points: dict[str, FeaturePoint]
     aux_weight: float = 0.0
+    #: Submodules forming the head, trained at ``schedule.head_lr_mult`` x the lr; the rest is the backbone.
+    head_modules: tuple[str, ...] = ()
+    #: Modules the authors' distillation forward bypasses (``schedule.kd_forward: extract_feature``).
+    extract_feature_skips: tuple[str, ...] = ()
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [p for name in self.head_modules for p in self.get_submodule(name).parameters()]
 
     def point(self, name: str) -> FeaturePoint:
         try:

@@ -53,6 +53,7 @@ class TinyDeepLab(SegmentationModel):
         )
         self.fuse_relu = nn.ReLU(inplace=False)
         self.classifier = nn.Conv2d(head, num_classes, 1)
+        self.head_modules = ("aspp", "low_level", "fuse", "fuse_relu", "classifier")
         strides = (4, 8, 8, 8)
         self.feature_points = {}
         for index, (width, stride) in enumerate(zip(channels, strides), start=1):

@@ -15,7 +15,8 @@ What we take from the code (commit 7e0d21f, ``models/deeplabv3.py``, ``pspnet.py
   (BN, ReLU, dropout 0.1) and a 1x1 classifier. Width 256 for ResNet-101, 128 for ResNet-18 and MobileNetV2
   (``out_channels = 128 if in_channels == 512``): that is what makes 13.6M and 3.2M, not 256 everywhere.
 * PSPNet head: pyramid pooling (bins 1, 2, 3, 6; in/4 channels each), concat with the input, 3x3 conv block to
-  256 (ResNet-101) or 128 (ResNet-18, 320-channel mobile encoders), dropout 0.1, 1x1 classifier.
+  512 (ResNet-101; ``pspnet.py:_PSPHead``) or 128 (ResNet-18, 320-channel mobile encoders), dropout 0.1, 1x1
+  classifier.
 * Auxiliary FCN head on stage 3 (in/4 hidden channels) for the ResNet models, loss weight 0.4; the mobile
   models (``deeplabv3_mobile.py``, ``psp_mobile.py``) have none.
 
@@ -46,6 +47,8 @@ ENCODERS = {
     "effb0": EncoderSpec("efficientnet_b0", hub_tag="ra_in1k"),
 }
 HEAD_WIDTH = {"r101": 256, "r18": 128, "mbv2": 128, "effb0": 128}
+# models/pspnet.py:_PSPHead: 512 after a 2048-channel stage, 128 after 512 (deeplabv3.py: 256 and 128).
+PSP_WIDTH = {**HEAD_WIDTH, "r101": 512}
 
 
 def _deeplabv3(encoder: str, num_classes: int, pretrained: bool | str, output_stride: int) -> ZooModel:
@@ -65,7 +68,7 @@ def _deeplabv3(encoder: str, num_classes: int, pretrained: bool | str, output_st
 
 def _pspnet(encoder: str, num_classes: int, pretrained: bool | str, output_stride: int) -> ZooModel:
     backbone = build_encoder(ENCODERS[encoder], output_stride, pretrained)
-    channels, width = backbone.feature_info.channels(), HEAD_WIDTH[encoder]
+    channels, width = backbone.feature_info.channels(), PSP_WIDTH[encoder]
     context = PyramidPooling(channels[3])
     aux = FCNHead(channels[2], num_classes) if encoder.startswith("r") else None
     return ZooModel(
@@ -109,10 +112,10 @@ def deeplabv3_mbv2(num_classes: int, *, pretrained: bool | str = False, output_s
 
 @MODELS.register("pspnet_r101")
 def pspnet_r101(num_classes: int, *, pretrained: bool | str = False, output_stride: int = 8) -> ZooModel:
-    """PSPNet ResNet-101 (v1s, OS8, 256-wide block, aux head), as CIRKD ``models/pspnet.py`` builds it.
+    """PSPNet ResNet-101 (v1s, OS8, 512-wide block, aux head), as CIRKD ``models/pspnet.py`` builds it.
 
     The teacher of PSPNet-student tables (LGAD). No paper we follow states its parameter count (CIRKD's teacher
-    is DeepLabV3); ours at 19 classes: 58.63M (aux head included).
+    is DeepLabV3); ours at 19 classes: 68.07M (aux head included), tensor for tensor CIRKD@2d8ad0f's ``psp_resnet101``.
     """
     return _pspnet("r101", num_classes, pretrained, output_stride)
 

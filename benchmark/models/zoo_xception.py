@@ -10,7 +10,10 @@ What we take from the code (``modeling/aspp.py``, ``decoder.py``, ``backbone/res
 * ResNets with the plain 7x7 stem (torchvision layout; their ImageNet weights are torchvision's
   ``resnet101-5d3b4d8f.pth`` / ``resnet18-5c106cde.pth``: timm ``resnet101.tv_in1k`` / ``resnet18.tv_in1k``).
 * ResNet-101's last stage is a multi-grid unit (dilations 1, 2, 4 x the stage dilation); ResNet-18's is plain
-  (their ``ResNet`` uses ``_make_layer`` for BasicBlock).
+  (their ``ResNet`` uses ``_make_layer`` for BasicBlock), and its first block dilates both 3x3 convolutions
+  (timm's only the second: without the fix our R18 student's output differed by 17% of its largest value).
+* MobileNetV2 as their ``mobilenet.py``: dilation per stage and ``fixed_padding`` of each block's input before the
+  1x1 expansion (:mod:`benchmark.models.authors_encoders`).
 * ASPP with 256 channels and rates (6, 12, 18) at OS16, (12, 24, 36) at OS8; dropout 0.5 after the projection.
 * Decoder: low-level feature from stage 1 (256 ch for R101, 64 for R18, 24 for MobileNetV2) reduced to 48,
   then two 3x3 convs of 256 (dropouts 0.5, 0.1) and a 1x1 classifier. Heads use kaiming-normal init.
@@ -23,6 +26,7 @@ code's own file is a torchvision-style checkpoint of the same architecture, not 
 
 from __future__ import annotations
 
+from benchmark.models.authors_encoders import dilate_like_deeplab_xception_resnet, match_deeplab_xception_mobilenet_v2
 from benchmark.models.heads import ASPP, DeepLabV3PlusDecoder
 from benchmark.models.pretrained import EncoderSpec
 from benchmark.models.zoo_common import ZooModel, apply_multi_grid, build_encoder, check_output_stride, kaiming_init
@@ -38,6 +42,10 @@ ENCODERS = {
 def _deeplabv3plus(encoder: str, num_classes: int, pretrained: bool | str, output_stride: int) -> ZooModel:
     check_output_stride(output_stride)
     backbone = build_encoder(ENCODERS[encoder], output_stride, pretrained)
+    if encoder == "mbv2":
+        match_deeplab_xception_mobilenet_v2(backbone)
+    else:
+        dilate_like_deeplab_xception_resnet(backbone)
     if encoder == "r101":
         apply_multi_grid(backbone.layer4, base_dilation=32 // output_stride)
     channels = backbone.feature_info.channels()

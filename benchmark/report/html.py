@@ -48,7 +48,7 @@ def part_context(view) -> dict:
     return {"info": info, "students": students, "grid": grid, "gains": has_gain_claims(view), "results": results,
             "rankings": view.rankings,
             "plots": view.plots, "heatmaps": heatmaps, "teachers": teachers, "n_runs": len(view.runs),
-            "expected_runs": len(info.run_keys or []),
+            "expected_runs": len(info.run_keys or []), "qualitative": view.qualitative,
             "states": ", ".join(f"{count} {name}" for name, count in sorted(states.items()))}
 
 
@@ -78,6 +78,7 @@ def render_html(report: Report, generated_at: datetime | None = None) -> str:
         "n_finished": len(report.runs) - len(report.stale),
         "n_failed": failed,
         "n_unfinished": len(report.unfinished) - failed,
+        "has_predictions": any(view.qualitative for view in report.parts),
         "flops_note": FLOPS_NOTE,
         "tolerance": f"{TOLERANCE:g}",
         "generated_at": generated_at.strftime("%Y-%m-%d %H:%M:%S UTC"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmark.report.tables import TOLERANCE, PartView, Report, comparison_grid, has_gain_claims
+from benchmark.report.tables import TOLERANCE, PartView, Report, comparison_grid, has_gain_claims, status_line
 
 _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
             "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
@@ -64,21 +64,24 @@ def comparison_tabular(view: PartView) -> list[str]:
 def results_tabular(view: PartView, student: str) -> list[str]:
     frame = view.cells[(view.cells["student"] == student) & view.cells["implemented"]].sort_values("order")
     lines = [f"% {tex(view.info.title)} ({tex(view.info.name)}), student {tex(student)}",
-             r"\begin{tabular}{lrlrlrrrrrr}", r"\toprule",
+             r"\begin{tabular}{lrlrlrrrrrrl}", r"\toprule",
              f"Method ({tex(student)})" + (r" & $n$ & mIoU (last) & $\Delta$ none & Paired gain [95\% CI] & "
-                                           r"mIoU (best) & PixAcc & Params (M) & GFLOPs & Extra params & GPU-h \\"),
+                                           r"mIoU (best) & PixAcc & Params (M) & GFLOPs & Extra params & GPU-h & "
+                                           r"Status \\"),
              r"\midrule"]
     for r in frame.itertuples():
         lines.append(" & ".join(tex(v) for v in (r.method, r.n, r.final_text, r.delta_none_text, r.gain_text,
                                                 r.best_text, r.pa_text, r.params_text, r.gflops_text,
-                                                r.method_params_text, r.device_hours_text)) + r" \\")
+                                                r.method_params_text, r.device_hours_text,
+                                                r.status + (f" ({r.failed} failed)" if r.failed and r.n else ""))) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\par\medskip", ""]
     return lines
 
 
 def render_latex(report: Report) -> str:
     lines = [f"% SegKD-Bench tables for suite {tex(report.name)}; requires \\usepackage{{booktabs}}.",
-             "% mIoU and pixel accuracy in %; GFLOPs: fvcore counts one multiply-add as one FLOP.", ""]
+             "% mIoU and pixel accuracy in %; GFLOPs: fvcore counts one multiply-add as one FLOP.",
+             f"% {tex(status_line(report))}", ""]
     for view in report.parts:
         lines += comparison_tabular(view)
         for student in dict.fromkeys(view.cells["student"]) if not view.cells.empty else []:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmark.report.tables import TOLERANCE, PartView, Report, comparison_grid, has_gain_claims
+from benchmark.report.tables import TOLERANCE, PartView, Report, comparison_grid, has_gain_claims, status_line
 
 FLOPS_NOTE = "GFLOPs at the stated input size; fvcore counts one multiply-add as one FLOP."
 
@@ -94,6 +94,7 @@ def render_markdown(report: Report) -> str:
         lines += [esc(report.description), ""]
     lines += [esc(f"Suite: {report.suite_path}. {FLOPS_NOTE} mIoU and pixel accuracy in %, mean ± std over "
                   "seeds (n). Paired gain: mean over seeds of (method − none) with a 95% t-interval."), ""]
+    lines += [esc(status_line(report)), ""]
     for view in report.parts:
         info = view.info
         lines += [f"## {esc(info.title)} ({esc(info.name)})", ""]

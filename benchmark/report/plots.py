@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from benchmark.report.tables import PartView, finite, heatmap_matrix
+from benchmark.report.tables import PartView, curve_series, finite, heatmap_matrix
 
 RC = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
       "svg.hashsalt": "segkd", "path.simplify": True}
@@ -131,12 +131,41 @@ def heatmap(view: PartView, student: str) -> str | None:
         return _uri(figure)
 
 
+def training_curves(view: PartView) -> str | None:
+    """Selection-split mIoU against iteration per method, one panel per student: mean over seeds, ± std band."""
+    by_student = {s: curve_series(view.runs, view.info, s) for s in view.info.students}
+    students = [s for s, series in by_student.items() if series]
+    if not students:
+        return None
+    with matplotlib.rc_context(RC):
+        figure = Figure(figsize=(min(14.0, 1.0 + 4.6 * len(students)), 3.6), layout="constrained")
+        axes = figure.subplots(1, len(students), squeeze=False, sharey=True)[0]
+        for ax, student in zip(axes, students):
+            for index, line in enumerate(by_student[student]):
+                color = COLORS[index % len(COLORS)]
+                x, mean = np.asarray(line["iterations"]), np.asarray(line["mean"], dtype=float)
+                std = np.nan_to_num(np.asarray(line["std"], dtype=float))
+                seeds = max(line["n"])
+                ax.plot(x, mean, marker="o", ms=3, lw=1.4, color=color,
+                        label=f"{_short(line['method'])} (n={seeds})")
+                if seeds > 1:
+                    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, lw=0)
+            ax.set_title(_short(student, 40))
+            ax.set_xlabel("iteration")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+        split = view.info.selection_split or "evaluation split"
+        axes[0].set_ylabel(f"mIoU (%) on {split}")
+        return _uri(figure)
+
+
 def part_plots(view: PartView) -> dict[str, str]:
     """Every plot of a part, keyed by name; a plot with nothing to show is left out."""
     plots = {
         "seed_spread": seed_spread(view),
         "miou_vs_gflops": miou_vs_gflops(view),
         "miou_vs_device_hours": miou_vs_device_hours(view),
+        "curves": training_curves(view),
     }
     for student in dict.fromkeys(view.cells["student"]) if not view.cells.empty else []:
         plots[f"heatmap:{student}"] = heatmap(view, student)

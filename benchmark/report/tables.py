@@ -9,6 +9,8 @@ Conventions (stated in the report too):
 - paired gain: mean over common seeds of (method_seed − none_seed), with a 95% t-interval (n−1 dof).
 - a claim is compared with the checkpoint it states: "best" -> best-on-selection-split, else the last one.
 - a reproduction is marked when it is outside the paper's ± or more than 1 mIoU from the claim.
+- status: "reproduced" only where a claim exists and the reproduction is not marked; otherwise it says which way
+  and by how much ("below claim by 3.10"), or "no claim", "not run", "failed" (see :func:`row_status`).
 - a claimed gain (``miou_delta``, points over ``none``) is compared with the reproduced paired gain on the
   checkpoint the claim states, with the same mark rule; Kendall's τ ranks only claims with an absolute mIoU.
 """
@@ -29,8 +31,13 @@ from benchmark.store import METRICS, read_json
 #: A reproduction further than this from the claim (mIoU points) is marked, whatever the paper's ±.
 TOLERANCE = 1.0
 NOT_IMPLEMENTED = "not reproduced: method not implemented"
-NOT_RUN = "not run yet"
+NOT_RUN = "not run"
 NO_STUDENT = "not reproduced: student not in this suite"
+NO_CLAIM = "no claim"
+REPRODUCED = "reproduced"
+#: What a row's status can be, in the order the report counts them (``status_kind`` of a row).
+STATUS_KINDS = ("reproduced", "below claim", "above claim", "not comparable", "no claim", "not run", "failed",
+                "not implemented", "student not in suite")
 
 
 # --- statistics -----------------------------------------------------------------------------------------
@@ -226,8 +233,10 @@ def tidy_runs(records: list[dict[str, Any]]) -> pd.DataFrame:
                 for c in components),
             "class_names": list(record.get("class_names") or []),
             "per_class_iou": [_pct(v) for v in (final.get("per_class_iou") or [])],
+            "history": list(record.get("history") or []),
+            "qualitative": record.get("qualitative"),
         })
-    frame = pd.DataFrame(rows, columns=RUN_COLUMNS + ["class_names", "per_class_iou"])
+    frame = pd.DataFrame(rows, columns=RUN_COLUMNS + ["class_names", "per_class_iou", "history", "qualitative"])
     if not frame.empty:
         frame = frame.sort_values(["part", "student", "method", "seed", "run_key"], kind="stable",
                                   na_position="last").reset_index(drop=True)
@@ -304,6 +313,7 @@ class PartInfo:
     baseline: str | None = None  # the no-distillation row label
     protocol: str | None = None  # the table's (paper's) protocol
     reproduction: str = ""  # our protocol, from a run's resolved config
+    protocol_card: dict[str, Any] | None = None  # the recipe's card (Suite.protocol_record), from the suite record
 
     @property
     def anchor(self) -> str:
@@ -332,7 +342,8 @@ def parts_from(suite: dict[str, Any] | None, runs: pd.DataFrame) -> list[PartInf
                 class_names=list(part.get("class_names") or []), students=list(part.get("students") or []),
                 methods=methods, method_components=components, seeds=list(part.get("seeds") or []),
                 claims=list(part.get("claims") or []), run_keys=list(part.get("run_keys") or []),
-                baseline=_baseline(methods, components), protocol=(table or {}).get("protocol")))
+                baseline=_baseline(methods, components), protocol=(table or {}).get("protocol"),
+                protocol_card=part.get("protocol")))
     else:
         for name in sorted(runs["part"].dropna().unique()):
             sub = runs[runs["part"] == name]
@@ -499,23 +510,66 @@ def cells(runs: pd.DataFrame, part: PartInfo, unfinished: list[dict[str, Any]]) 
             row["gain_flag"] = _mark(row["gain_delta"], row["claim_pm"], "the claimed gain")
             # Status: what a reader should conclude about this cell.
             pending = waiting.get((student, method), {})
-            if not implemented:
-                status = NOT_IMPLEMENTED
-            elif student not in part.students:
-                status = NO_STUDENT
-            elif final[2] == 0:
-                detail = ", ".join(f"{count} {name}" for name, count in sorted(pending.items()))
-                status = NOT_RUN + (f" ({detail})" if detail else "")
-            else:
-                expected = len(part.seeds) if part.seeds else final[2]
-                status = "reproduced" if final[2] >= expected else f"partial ({final[2]} of {expected} seeds)"
-            row["status"] = status
+            expected = len(part.seeds) if part.seeds else final[2]
+            row["status"], row["status_kind"] = row_status(row, implemented, student in part.students, expected,
+                                                           pending)
             row["failed"] = pending.get("failed", 0)
             rows.append(row)
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame = add_text(frame)
     return frame
+
+
+def row_status(row: dict[str, Any], implemented: bool, in_suite: bool, expected: int,
+               pending: dict[str, int]) -> tuple[str, str]:
+    """(status text, kind) of one row: "reproduced" only where a claim is met within the stated tolerance.
+
+    Within the tolerance means unmarked by :func:`_mark` (inside the paper's ± where it states one, and at most
+    TOLERANCE mIoU away). An absolute claim is compared first; a claim stating only a gain compares the paired
+    gain. Fewer finished seeds than the suite asks for are named after the word.
+    """
+    if not implemented:
+        return NOT_IMPLEMENTED, "not implemented"
+    if not in_suite:
+        return NO_STUDENT, "student not in suite"
+    n = row["n"]
+    if n == 0:
+        failed = pending.get("failed", 0)
+        if failed:
+            return ("failed" if failed >= expected else f"failed ({failed} of {expected} seeds)"), "failed"
+        detail = ", ".join(f"{count} {name}" for name, count in sorted(pending.items()))
+        return NOT_RUN + (f" ({detail})" if detail else ""), "not run"
+    seeds = f" ({n} of {expected} seeds)" if n < expected else ""
+    if finite(row["claim_miou"]):
+        delta, flag, what, word = row["claim_delta"], row["flag"], "claim", REPRODUCED
+    elif finite(row["claim_gain"]):
+        delta, flag, what, word = row["gain_delta"], row["gain_flag"], "claimed gain", REPRODUCED + " (gain)"
+    else:
+        return NO_CLAIM + seeds, "no claim"
+    if not finite(delta):
+        reason = "no paired baseline run" if what == "claimed gain" else "no finite mIoU"
+        return f"{what} not comparable: {reason}" + seeds, "not comparable"
+    if not flag:
+        return word + seeds, "reproduced"
+    side = "below" if delta < 0 else "above"
+    return f"{side} {what} by {abs(delta):.2f}" + seeds, f"{side} claim"
+
+
+def status_counts(views: list[PartView]) -> list[tuple[str, int]]:
+    """How many rows of the report's tables have each status kind (nonzero ones, in STATUS_KINDS order)."""
+    counts = dict.fromkeys(STATUS_KINDS, 0)
+    for view in views:
+        for kind in view.cells["status_kind"] if not view.cells.empty else []:
+            counts[kind] += 1
+    return [(kind, count) for kind, count in counts.items() if count]
+
+
+def status_line(report: Report) -> str:
+    """The summary sentence of every format: 'Table rows: 2 reproduced, 1 below claim, 3 no claim.'"""
+    counts = ", ".join(f"{count} {kind}" for kind, count in report.status_counts) or "none"
+    return (f"Table rows: {counts}. \"reproduced\" only where a claim is met within the paper's ± (where stated) "
+            f"and {TOLERANCE:g} mIoU.")
 
 
 def _mark(delta: float, pm: float, what: str) -> str:
@@ -597,6 +651,54 @@ def heatmap_matrix(runs: pd.DataFrame, part: PartInfo, student: str) -> tuple[li
     return methods, classes, matrix
 
 
+def curve_series(runs: pd.DataFrame, part: PartInfo, student: str) -> list[dict[str, Any]]:
+    """Per method: selection-split mIoU (%) against iteration, mean over seeds with its sample std, from ``history``.
+
+    At each iteration the mean is over the seeds that evaluated there (n per point); one seed has no std.
+    """
+    sub = part_runs(runs, part)
+    sub = sub[sub["student"] == student] if not sub.empty else sub
+    series = []
+    for method in part.methods:
+        own = sub[sub["method"] == method]
+        by_iteration: dict[int, list[float]] = {}
+        splits: set[str] = set()
+        for history in own["history"]:
+            for entry in history or []:
+                if part.selection_split and entry.get("split") != part.selection_split:
+                    continue
+                splits.add(str(entry.get("split")))
+                by_iteration.setdefault(int(entry["iteration"]), []).append(_pct(entry.get("miou")))
+        if not by_iteration:
+            continue
+        iterations = sorted(by_iteration)
+        stats_ = [mean_std(by_iteration[i]) for i in iterations]
+        series.append({"method": method, "split": ", ".join(sorted(splits)), "iterations": iterations,
+                       "mean": [m for m, _, _ in stats_], "std": [sd for _, sd, _ in stats_],
+                       "n": [k for _, _, k in stats_]})
+    return series
+
+
+def rows_frame(report: Report) -> pd.DataFrame:
+    """tables.csv: one line per table row (part × student × method) with its claim, reproduction and status."""
+    columns = {"part": "part", "student": "student", "method": "method", "n": "n", "final_mean": "final_miou_mean",
+               "final_std": "final_miou_std", "best_mean": "best_miou_mean", "best_std": "best_miou_std",
+               "claim_miou": "claim_miou", "claim_pm": "claim_pm", "claim_gain": "claim_gain",
+               "claim_checkpoint": "claim_checkpoint", "compared_on": "compared_on", "reproduced": "reproduced",
+               "claim_delta": "claim_delta", "reproduced_gain": "reproduced_gain", "gain_delta": "gain_delta",
+               "flag": "flag", "gain_flag": "gain_flag", "status": "status", "status_kind": "status_kind"}
+    frames = []
+    for view in report.parts:
+        if view.cells.empty:
+            continue
+        frame = view.cells[list(columns)].rename(columns=columns)  # already in the table's order
+        frame.insert(1, "table", view.info.title)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["part", "table", *list(columns.values())[1:]])
+    return pd.concat(frames, ignore_index=True)
+
+
 @dataclass
 class PartView:
     info: PartInfo
@@ -605,6 +707,7 @@ class PartView:
     runs: pd.DataFrame
     plots: dict[str, str] = field(default_factory=dict)  # name -> data URI
     unfinished: list[dict[str, Any]] = field(default_factory=list)
+    qualitative: list[dict[str, Any]] = field(default_factory=list)  # prediction panels (report/qualitative.py)
 
 
 # --- the whole report -----------------------------------------------------------------------------------
@@ -625,6 +728,7 @@ class Report:
     provenance: dict[str, Any]
     hparams: list[dict[str, Any]]
     has_suite_record: bool
+    status_counts: list[tuple[str, int]] = field(default_factory=list)  # (status kind, rows), see row_status
 
 
 def unfinished_rows(unfinished: list[dict[str, Any]], parts: list[PartInfo]) -> list[dict[str, Any]]:
@@ -721,7 +825,7 @@ def collect(results_dir: Path) -> Report:
         suite_path=(suite or {}).get("path") or "(no suite record: parts reconstructed from the runs)",
         parts=views, runs=runs, stale=stale_runs(runs, parts), unfinished=unfinished_rows(unfinished, parts),
         teachers=teacher_rows(teachers), provenance=provenance(records, teachers),
-        hparams=hparam_rows(records, parts), has_suite_record=suite is not None)
+        hparams=hparam_rows(records, parts), has_suite_record=suite is not None, status_counts=status_counts(views))
 
 
 def comparison_grid(view: PartView) -> tuple[list[str], list[dict[str, Any]]]:
