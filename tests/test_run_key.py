@@ -50,6 +50,10 @@ ALL = frozenset({TEACHER, KD, NONE})
 STUDENT_RUNS = frozenset({KD, NONE})
 
 
+class Together(dict):
+    """Several paths set at once, for a field that is valid only with another (``base_size`` needs ``short_side``)."""
+
+
 def pos_int(low: int = 1, high: int = 10_000):
     return st.integers(low, high)
 
@@ -77,6 +81,16 @@ FIELDS: dict[str, tuple[st.SearchStrategy, frozenset]] = {
     "dataset.eval_size": (st.one_of(st.integers(8, 64), st.tuples(st.integers(8, 64), st.integers(8, 64)).map(list)),
                           ALL),
     "dataset.absent_class_policy": (st.just("zero_included"), ALL),
+    "dataset.scale_mode": (st.integers(16, 64).map(lambda n: Together({"dataset.scale_mode": "short_side",
+                                                                        "dataset.base_size": n})), ALL),
+    "dataset.base_size": (st.integers(16, 64).map(lambda n: Together({"dataset.scale_mode": "short_side",
+                                                                       "dataset.base_size": n})), ALL),
+    "dataset.scale_step": (st.sampled_from([0.25, 0.125, 0.05]), ALL),
+    "dataset.image_pad": (st.just("mean"), ALL),
+    "dataset.label_pad": (st.integers(0, 6), ALL),
+    "dataset.gaussian_blur": (st.just(True), ALL),
+    "dataset.resize_antialias": (st.just(False), ALL),
+    "dataset.normalization": (st.just("bgr_mean"), ALL),
     # the student schedule; the teacher inherits every field it does not override (it overrides `iterations`)
     "schedule.iterations": (pos_int(7), STUDENT_RUNS),
     "schedule.batch_size": (st.integers(5, 64), ALL),
@@ -97,11 +111,16 @@ FIELDS: dict[str, tuple[st.SearchStrategy, frozenset]] = {
     "schedule.log_every": (st.integers(1, 19), ALL),
     "schedule.method_lr_mult": (pos_float(1.1, 10.0), ALL),
     "schedule.grad_clip_norm": (pos_float(0.1, 10.0), ALL),
+    "schedule.head_lr_mult": (pos_float(1.1, 10.0), ALL),
+    "schedule.ce_batch_average": (st.just(True), ALL),
+    "schedule.kd_forward": (st.just("extract_feature"), ALL),
     # the teacher: its own key, and the key of every run it distils into
     "teachers.t.model": (st.just("tiny_student"), frozenset({TEACHER, KD})),
     "teachers.t.seed": (st.integers(1, 100), frozenset({TEACHER, KD})),
     "teachers.t.schedule.iterations": (st.integers(5, 100), frozenset({TEACHER, KD})),
     "teachers.t.schedule.lr": (pos_float(0.011, 1.0), frozenset({TEACHER, KD})),
+    "teachers.t.dataset": (st.sampled_from([{"train_split": "train+val"}, {"crop": [16, 16]}]),
+                           frozenset({TEACHER, KD})),
     # the student
     "students.0.model": (st.just("tiny_student_narrow"), STUDENT_RUNS),
     # the method: its hyperparameters, its row label (stored in the record as `method`) and its component key
@@ -114,6 +133,13 @@ FIELDS: dict[str, tuple[st.SearchStrategy, frozenset]] = {
     "runtime.num_workers": (st.integers(1, 16), frozenset()),
     "runtime.amp": (st.sampled_from(["bf16", "off"]), frozenset()),
     "runtime.channels_last": (st.sampled_from(["on", "off"]), frozenset()),
+    "resources.gpus": (st.integers(2, 8), frozenset()),
+    "resources.time": (st.integers(1, 10_000), frozenset()),
+    "resources.partition": (st.sampled_from(["gpu", "long"]), frozenset()),
+    "resources.cpus": (st.integers(1, 32), frozenset()),
+    "resources.max_timeouts": (st.integers(0, 9), frozenset()),
+    "report.qualitative_indices": (st.lists(st.integers(0, 7), max_size=3, unique=True), frozenset()),
+    "report.qualitative_max_side": (st.integers(16, 1024).filter(lambda v: v != 384), frozenset()),
     # presentation: names, words and claims
     "name": (st.sampled_from(["other", "keys-v2"]), frozenset()),
     "description": (st.text(max_size=20), frozenset()),
@@ -140,6 +166,19 @@ NOT_DRAWN = {
     "methods.1.hparams": "drawn per hyperparameter above",
     "methods.1.components": "test below",
     "runtime": "drawn per field above",
+    "resources": "drawn per field above (how to run on a cluster: never in a key)",
+    "resources.teacher_time": "as resources.time",
+    "resources.account": "as resources.partition",
+    "resources.qos": "as resources.partition",
+    "resources.constraint": "as resources.partition",
+    "resources.mem_gb": "as resources.cpus",
+    "resources.setup": "shell lines before a job: how to run",
+    "resources.array_parallelism": "as resources.cpus",
+    "report": "drawn per field above (what the report shows: never in a key)",
+    "protocol": "the recipe's protocol card: words for the report, no setting of the run",
+    "students.0.checkpoint": "a student's initial weights: by content, needs a file (tests of the models helper)",
+    "students.0.checkpoint_format": "needs a checkpoint file",
+    "teachers.t.checkpoint_format": "needs a checkpoint file",
 }
 
 _BASE_SUITE = None
@@ -181,7 +220,8 @@ EXAMPLES = int(os.environ.get("SEGKD_HYPOTHESIS_EXAMPLES", "150"))
 def test_run_key_changes_exactly_with_the_fields_that_change_a_result(changes):
     data = copy.deepcopy(BASE)
     for path, value in changes:
-        set_path(data, path, value)
+        for target, item in (value.items() if isinstance(value, Together) else [(path, value)]):
+            set_path(data, target, item)
     try:
         keys = keys_of(data)
     except SuiteError:
@@ -210,6 +250,10 @@ def _schema_fields() -> set[str]:
     for prefix, model in (("dataset", DatasetConfig), ("schedule", ScheduleConfig), ("runtime", RuntimeConfig),
                           ("teachers.t", TeacherConfig), ("students.0", StudentConfig), ("methods.1", MethodConfig)):
         fields |= {f"{prefix}.{name}" for name in model.model_fields}
+    from benchmark.suite import ReportConfig, ResourcesConfig
+
+    fields |= {f"resources.{name}" for name in ResourcesConfig.model_fields}
+    fields |= {f"report.{name}" for name in ReportConfig.model_fields}
     return fields - {"teachers.t", "students.0", "methods.1"}
 
 

@@ -76,10 +76,8 @@ def test_teacher_runs_once_per_step_in_the_methods_mode_under_inference_mode(tmp
     assert len(calls) == record["iterations"] == 6, "one teacher forward per step, none at evaluation"
     assert calls == [(train_mode, True)] * 6, f"(teacher.training, inference mode) per step: {calls}"
     moved = [k for k, v in teacher.state_dict().items() if not torch.equal(v, before[k])]
-    if train_mode:
-        assert any("running_mean" in k for k in moved), "a train-mode teacher updates its BatchNorm statistics"
-    else:
-        assert not moved, f"an eval-mode teacher changed: {moved}"
+    # batch statistics in train mode, but a teacher shared by many runs never moves its running statistics
+    assert not moved, f"the teacher changed: {moved}"
     assert all(p.grad is None for p in teacher.parameters())
 
 
