@@ -75,8 +75,10 @@ def test_teacher_runs_once_per_step_in_the_methods_mode_under_inference_mode(tmp
     record = run_training(make_job(tmp_path, [{"name": name, "hparams": hparams}], teacher), torch.device("cpu"), LOG)
     assert len(calls) == record["iterations"] == 6, "one teacher forward per step, none at evaluation"
     assert calls == [(train_mode, True)] * 6, f"(teacher.training, inference mode) per step: {calls}"
-    moved = [k for k, v in teacher.state_dict().items() if not torch.equal(v, before[k])]
-    # batch statistics in train mode, but a teacher shared by many runs never moves its running statistics
+    # batch statistics in train mode, but a teacher shared by many runs never moves its running statistics (only
+    # BatchNorm's step counter counts, which nothing reads at a fixed momentum)
+    moved = [k for k, v in teacher.state_dict().items() if not torch.equal(v, before[k])
+             and not (train_mode and k.endswith("num_batches_tracked"))]
     assert not moved, f"the teacher changed: {moved}"
     assert all(p.grad is None for p in teacher.parameters())
 
