@@ -21,6 +21,7 @@ if [[ $# -eq 0 || ! -d "$work/mutants" ]]; then
     rm -rf "$work" && mkdir -p "$work"
 fi
 git -C "$repo" archive HEAD | tar -x -C "$work"  # a rerun of some mutants sees the current tests and code
+git -C "$repo" rev-parse --short HEAD > "$work/COMMIT"
 patterns=("$@")
 [[ $# -eq 0 ]] && patterns=("${ORDER[@]}")
 export SEGKD_SHARED="${SEGKD_SHARED:-$(cd "$repo/.." && pwd)/shared}"
@@ -30,7 +31,7 @@ for pattern in "${patterns[@]}"; do
     started=$(date +%s)
     mutmut run --max-children "${MUTATION_JOBS:-1}" "$pattern" || true
     echo "mutants $pattern: $(( $(date +%s) - started )) s"
-    python "$repo/benchmarks/mutation_report.py" "$work" --commit "$(git -C "$repo" rev-parse --short HEAD)" \
+    python "$repo/benchmarks/mutation_report.py" "$work" --commit "$(cat "$work/COMMIT")" \
         --explained "$repo/benchmarks/mutation_explained.tsv" > "$repo/docs/mutation_report.md"
 done
 echo "report: $repo/docs/mutation_report.md"
