@@ -177,7 +177,9 @@ def test_teachers_load_from_a_checkpoint_by_content(tmp_path, capsys):
         assert run(folder, write_suite(folder, data)) == 0
         out = capsys.readouterr().out
         assert f"loaded {checkpoint}" in out and "training (once" not in out
-        assert not (folder / "results" / "cli" / "teachers").exists(), "a loaded teacher is not trained"
+        trained = [p.name for p in (folder / "results" / "cli").glob("teachers/*/*")
+                   if p.name in ("metrics.json", "model.pt", "checkpoint.pt", "train.log")]
+        assert not trained, f"a loaded teacher is not trained (found {trained})"
         (records[label],) = load_records(folder / "results" / "cli")[1]
     assert records["a"]["teacher_key"] != records["b"]["teacher_key"]
     assert records["a"]["last_losses"] == records["a-nested"]["last_losses"], "the same weights, either layout"

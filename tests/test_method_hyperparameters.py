@@ -2,7 +2,8 @@
 
 For each hyperparameter, a few values other than the default are tried (x2, /2, +1, 0, 1, the other boolean); at
 least one that the method accepts must change what one harness step sees on fixed inputs: the loss terms at an
-early and a late iteration, their gradients, the task-loss scaling, the frozen-student flag, and the terms after
+early and a late iteration, their gradients, the task-loss scaling, the frozen-student flag, the method's lr
+multiplier, and the terms after
 the method's own optimizer step. A hyperparameter that cannot do that on fixed inputs is listed, with the reason, in
 the method's ``hyperparameters_without_effect``; a new method gets this test for free.
 """
@@ -55,11 +56,12 @@ def observe(name: str, **hparams) -> torch.Tensor:
         task = sum(v for k, v in terms.items() if k in ("ce", "aux_ce"))
         scaled = method.scale_task_loss(task, batch)
         frozen = method.student_frozen(batch)
+        lr_multiplier = method.lr_multiplier(batch.epoch) if hasattr(method, "lr_multiplier") else None
         distill = sum((v for k, v in terms.items() if k not in ("ce", "aux_ce")), torch.zeros(()))
         parameters = [p for p in list(student.parameters()) + list(method.student_optimizer_parameters())]
         grads = torch.autograd.grad(distill + scaled, parameters, allow_unused=True)
         seen += [torch.stack([v.detach().float() for _, v in sorted(terms.items())]), scaled.detach().reshape(1),
-                 torch.tensor([float(frozen)])]
+                 torch.tensor([float(frozen), -1.0 if lr_multiplier is None else float(lr_multiplier)])]
         seen += [torch.zeros(1) if g is None else g.detach().float().reshape(-1)[:64] * 1.0 for g in grads]
         seen += [g.detach().float().pow(2).sum().reshape(1) for g in grads if g is not None]
         logs = method.separate_step({k: v.detach() for k, v in student_feats.items()}, teacher_feats, batch)
