@@ -319,9 +319,14 @@ def test_gradient_clipping_bounds_the_step(tmp_path):
 def test_the_record_times_the_run(tmp_path):
     import resource
 
+    import time
+
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    started = time.perf_counter()
     record = run_training(make_job(tmp_path, iterations=4), torch.device("cpu"), LOG)
+    took = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert record["timing"]["wall_seconds"] <= took, "a fresh run counts only its own time"
     assert before <= record["timing"]["peak_memory_bytes"] <= after, "peak memory is the process's max RSS in bytes"
     timing = record["timing"]
     assert timing["wall_seconds"] > 0 and timing["world_size"] == 1 and timing["device"] == "cpu"
@@ -545,3 +550,27 @@ def test_model_options_reach_the_model(tmp_path):
     job.model_options = {"pretrained": True}  # the tiny models have no weights to load: they must say so
     with pytest.raises(ValueError, match="has no pretrained weights"):
         run_training(job, torch.device("cpu"), LOG)
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_the_dataset_config_reaches_the_train_transform(flip):
+    """The resolved `flip`, crop and padding arrive: an asymmetric image flips in some draws iff flip is on, and a crop
+    larger than the image pads the label with the ignore index."""
+    from torchvision import tv_tensors
+
+    from benchmark.data.transforms import TrainTransform
+
+    data = copy.deepcopy(SUITE)
+    data["dataset"].update(flip=flip, crop=[8, 12])
+    transform = TrainTransform.from_config(Suite(**data).dataset.resolved(), 255)
+    image = tv_tensors.Image(torch.arange(8 * 10, dtype=torch.uint8).reshape(1, 8, 10).repeat(3, 1, 1))
+    mask = tv_tensors.Mask(torch.arange(10).repeat(8, 1))
+    flipped = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        _, labels = transform(image, mask)
+        assert labels.shape == (8, 12) and int((labels == 255).sum()) == 8 * 2, "padding is ignored, never a class"
+        row = [v for v in labels[0].tolist() if v != 255]
+        assert row in (list(range(10)), list(range(9, -1, -1)))
+        flipped.add(row[0] == 9)
+    assert flipped == ({True, False} if flip else {False})
