@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("work", type=Path, help="the folder mutmut ran in (holds mutants/)")
     parser.add_argument("--commit", default="?")
     parser.add_argument("--explained", type=Path)
+    parser.add_argument("--note", default="", help="a paragraph on how complete the run was")
     args = parser.parse_args()
     results = load_results(args.work)
     explained = load_explained(args.explained)
@@ -65,6 +66,8 @@ def main() -> None:
           "(configuration: `[tool.mutmut]` in `pyproject.toml`; how to read it: `docs/testing.md`).\n")
     print(f"**{len(results)} mutants: " + ", ".join(f"{totals[s]} {s}" for s in statuses if totals[s]) +
           f"; {len(survivors) - len(unexplained)} survivors explained, {len(unexplained)} not.**\n")
+    if args.note:
+        print(args.note + "\n")
     print("| module | " + " | ".join(s for s in statuses if totals[s]) + " |")
     print("|---|" + "---|" * sum(1 for s in statuses if totals[s]))
     for module, counts in sorted(per_module.items()):

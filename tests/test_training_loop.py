@@ -318,7 +318,6 @@ def test_gradient_clipping_bounds_the_step(tmp_path):
 
 def test_the_record_times_the_run(tmp_path):
     import resource
-
     import time
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
