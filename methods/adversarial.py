@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from benchmark.registry import METHODS
@@ -33,6 +35,8 @@ class Adversarial(DistillationMethod):
 
     paper = ("Liu et al., Structured Knowledge Distillation for Semantic Segmentation, CVPR 2019 (Eq. 3-4); "
              "defaults of CIRKD's train_kd.py (Yang et al., CVPR 2022 code)")
+    hyperparameters_without_effect: ClassVar[dict[str, str]] = {"lambda_gp": "the gradient penalty of adv_loss='wgan-gp'; the default hinge "
+                                                   "loss has none"}
 
     def __init__(self, student_points, teacher_points, num_classes, *, lambda_adv: float = 0.001,
                  lambda_d: float = 0.1, adv_loss: str = "hinge", lambda_gp: float = 10.0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -188,6 +188,9 @@ class AttnFD(DistillationMethod):
 
     paper = ("Mansourian, Jalali, Ahmadi, Kasaei, Attention-guided Feature Distillation for Semantic Segmentation, "
              "arXiv:2403.05451, 2024 (Eqs. 1-6); CODE_PRESET = AmirMansurian/AttnFD@f090bbe")
+    hyperparameters_without_effect: ClassVar[dict[str, str]] = {
+        "warmup_lr_mult": "the connectors' lr multiplier in the connector-only warm-up epochs, which "
+                          "connector_warmup_epochs (0 by default) switches on"}
 
     def __init__(self, student_points, teacher_points, num_classes, *, alpha: float = 1.0,
                  points: Sequence[str] = ("backbone.4:pre_relu", "encoder:pre_relu", "decoder:pre_relu"),

@@ -149,6 +149,12 @@ class DistillationMethod(nn.Module):
     reference_names: ClassVar[tuple[str, ...]] = ()
     #: Run the teacher in train mode (batch-statistics BatchNorm). Only for reproducing authors' code.
     teacher_train_mode: bool = False
+    #: Hyperparameters that cannot change the terms on fixed inputs with the other defaults, each with the reason
+    #: (tests/test_method_hyperparameters.py checks that every other numeric hyperparameter does).
+    hyperparameters_without_effect: ClassVar[dict[str, str]] = {}
+    #: Terms that, as in the paper, train only the method's own modules and send no gradient into the student, each
+    #: with the reason (tests/test_method_contract.py checks that every other term does, with CE switched off).
+    terms_without_student_gradient: ClassVar[dict[str, str]] = {}
 
     student_points: list[str]
     teacher_points: list[str]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -51,6 +51,9 @@ class LAD(DistillationMethod):
     paper = ("Liu et al., Rethinking Knowledge Distillation with Raw Features for Semantic Segmentation, WACV 2024 "
              "(as in AICSD/AttnFD code: batch-normalised raw-feature MSE)")
     reference_names = ("lad",)
+    hyperparameters_without_effect: ClassVar[dict[str, str]] = {
+        "warmup_lr_mult": "the connectors' lr multiplier in the connector-only warm-up epochs, which "
+                          "connector_warmup_epochs (0 by default) switches on"}
 
     def __init__(self, student_points, teacher_points, num_classes, *, lad_lambda: float = 1.0,
                  points: tuple[str, ...] = ("backbone.4:pre_relu", "encoder:pre_relu", "decoder:pre_relu"),

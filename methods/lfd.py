@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -134,6 +136,8 @@ class LFD(DistillationMethod):
     paper = ("Yu, Lou, Zhao, Zhang, Mei, Efficient semantic segmentation via logit-guided feature distillation, "
              "Neural Networks 199:108663, 2026; adapter, shared head, weights, start_iter and self-normalisation "
              "from github.com/fate2715/LFD train_lfd_v1.py (criterion not public)")
+    terms_without_student_gradient: ClassVar[dict[str, str]] = {"aux_teacher": "cross-entropy of the shared head on the (detached) teacher "
+                                                     "features: it trains the head, which the student is then held to"}
 
     def __init__(self, student_points, teacher_points, num_classes, *, use_feature: bool = True,
                  use_spatial_mask: bool = True, use_shared_head: bool = True, use_class_mask: bool = True,

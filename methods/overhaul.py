@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -93,6 +93,9 @@ class Overhaul(DistillationMethod):
     paper = ("Heo et al., A Comprehensive Overhaul of Feature Distillation, ICCV 2019 "
              "(Eq. 3-6: margin ReLU, pre-ReLU points, partial L2)")
     reference_names = ("overhaul",)
+    hyperparameters_without_effect: ClassVar[dict[str, str]] = {
+        "warmup_lr_mult": "the connectors' lr multiplier in the connector-only warm-up epochs, which "
+                          "connector_warmup_epochs (0 by default) switches on"}
 
     def __init__(self, student_points: dict[str, FeaturePoint], teacher_points: dict[str, FeaturePoint],
                  num_classes: int, *, alpha: float = 1e-5, points: tuple[str, ...] = DEFAULT_POINTS,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -308,6 +308,8 @@ class SKDS(DistillationMethod):
     paper = ("Liu et al., Structured Knowledge Distillation for Semantic Segmentation, CVPR 2019 "
              "(Eq. 1 pixel-wise, Eq. 2 pair-wise, Eq. 3-5 holistic WGAN); defaults of the authors' run_train_val.sh")
     reference_names = ("skds_pairwise", "skds_pixelwise")
+    hyperparameters_without_effect: ClassVar[dict[str, str]] = {"pool_kernel": "the pooling kernel of variant='cirkd_fixed_kernel'; the default "
+                                                     "variant pools by pool_scale"}
 
     def __init__(self, student_points, teacher_points, num_classes, *, lambda_pi: float = 10.0,
                  lambda_pa: float = 0.5, lambda_ho: float = 0.1, lambda_d: float = 0.1, lambda_gp: float = 10.0,

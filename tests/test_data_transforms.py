@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from fixtures_data import one_torch_thread  # noqa: F401 (autouse)
@@ -146,9 +145,18 @@ def test_eval_transform_full_resolution_and_resize():
     assert out_image.shape == (3, 48, 64)  # int: short side
 
 
-def test_normalisation_is_imagenet():
-    image = tv_tensors.Image(torch.full((3, 4, 4), 128, dtype=torch.uint8))
+#: The published ImageNet statistics (torchvision's model docs; every seed paper's code uses them), written here so
+#: that a wrong constant in the code under test cannot also be the expectation.
+PUBLISHED_MEAN = (0.485, 0.456, 0.406)
+PUBLISHED_STD = (0.229, 0.224, 0.225)
+
+
+@pytest.mark.parametrize("value", [0, 128, 255])
+def test_normalisation_is_imagenet(value):
+    image = tv_tensors.Image(torch.full((3, 4, 4), value, dtype=torch.uint8))
     mask = tv_tensors.Mask(torch.zeros(4, 4, dtype=torch.int64))
-    out_image, _ = EvalTransform()(image, mask)
-    expected = (128 / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
-    assert torch.allclose(out_image[:, 0, 0], torch.tensor(expected, dtype=torch.float32), atol=1e-6)
+    expected = torch.tensor([(value / 255 - m) / s for m, s in zip(PUBLISHED_MEAN, PUBLISHED_STD)])
+    for transform in (EvalTransform(), EvalTransform(size=(4, 4)),
+                      TrainTransform((4, 4), scale_range=(1.0, 1.0), flip=False)):
+        out_image, _ = transform(image, mask)
+        assert torch.allclose(out_image, expected.view(3, 1, 1).expand(3, 4, 4), atol=1e-6), type(transform).__name__

@@ -1,7 +1,7 @@
 """The contract every registered method must honour, checked for all of them (after timm's registry tests).
 
-A new method file gets these tests for free: finite named terms, gradients reaching the student and the
-method's own modules but never the teacher, a frozen teacher in eval mode, batch size 1, ignore-only
+A new method file gets these tests for free: finite named terms, gradients of the distillation terms (each
+alone, cross-entropy off) reaching the student, and of all of them the method's own modules, but never the teacher, a frozen teacher in eval mode, batch size 1, ignore-only
 labels, and a few optimisation steps that lower the loss.
 """
 
@@ -40,6 +40,8 @@ def test_method_declares_paper_and_hyperparameters(name):
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_gradients_reach_student_and_method_never_teacher(name):
+    """The distillation terms alone (cross-entropy left out: it always reaches the student) train the student and
+    the method's modules; nothing reaches the teacher or moves its statistics."""
     student, teacher = tiny_pair()
     method = prepared(name, student, teacher)
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -50,18 +52,47 @@ def test_gradients_reach_student_and_method_never_teacher(name):
         assert value.dim() == 0 and torch.isfinite(value), f"{name}: term {term} = {value}"
     for tensor in teacher_feats.values():
         assert not tensor.requires_grad
-    sum(terms.values()).backward()
+    distill_terms = {k: v for k, v in terms.items() if k not in ("ce", "aux_ce")}
+    if name == "none":
+        assert not distill_terms
+        return
+    assert distill_terms, f"{name} returned no loss term with default hyperparameters"
+    sum(distill_terms.values()).backward()
     assert all(p.grad is None for p in teacher.parameters()), "a gradient reached the teacher"
     assert not teacher.training
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, teacher_before[key]), f"teacher {key} changed (running stats?)"
-    distill_terms = {k: v for k, v in terms.items() if k not in ("ce", "aux_ce")}
-    if name != "none":
-        assert distill_terms, f"{name} returned no loss term with default hyperparameters"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters()), (
+        f"{name}: the distillation terms send no gradient into the student")
     trainable = [p for p in method.student_optimizer_parameters()]
     if trainable and any(v.item() != 0 for v in distill_terms.values()):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable), (
             f"{name}: none of the method's trainable parameters received a gradient")
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_METHODS if n != "none"])
+def test_each_distillation_term_alone_sends_gradient_into_the_student(name):
+    """CE switched off, each term on its own: a method whose student feature is detached would train only its own
+    connectors and pass the summed check above through its other terms. Terms the paper uses to train only the
+    method's modules are listed, with the reason, in ``terms_without_student_gradient`` and must send none."""
+    student, teacher = tiny_pair()
+    method = prepared(name, student, teacher)
+    exempt = METHODS.get(name).terms_without_student_gradient
+    # late in a long run, so delayed terms (LFD's KL from iteration 1000) are on
+    batch = random_batch(iteration=2000)
+    batch.total_iterations, batch.iterations_per_epoch = 4000, 10
+    terms, _, _ = Step(student, teacher, method)(batch)
+    distill = {k.split(".", 1)[1]: v for k, v in terms.items() if k not in ("ce", "aux_ce")}
+    assert distill and set(exempt) <= set(distill), f"{name}: exempt {sorted(exempt)}, terms {sorted(distill)}"
+    parameters = list(student.parameters())
+    for term, value in distill.items():
+        grads = torch.autograd.grad(value, parameters, allow_unused=True, retain_graph=True) if value.requires_grad \
+            else [None] * len(parameters)
+        reaches = any(g is not None and g.abs().sum() > 0 for g in grads)
+        if term in exempt:
+            assert exempt[term].strip() and not reaches, f"{name}.{term} is listed as not training the student"
+        else:
+            assert reaches, f"{name}: term {term!r} alone sends no gradient into the student's parameters"
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)

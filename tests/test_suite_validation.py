@@ -4,12 +4,13 @@ exit code 2, and no traceback, before anything runs."""
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
 
 from benchmark.__main__ import main
-from benchmark.suite import expand, load_suite
+from benchmark.suite import SuiteError, expand, load_suite
 
 VALID = {
     "name": "mini",
@@ -97,20 +98,25 @@ def test_malformed_suite_exits_2_with_one_clear_message(tmp_path, capsys, label,
 def test_valid_suite_expands_to_student_method_seed_grid(tmp_path):
     data = mutate(lambda d: d.update(seeds=[0, 1]))
     suite = load_suite(write(tmp_path, data)).parts[0]
-    runs, teachers = expand(suite)
+    runs, _ = expand(suite)
     assert len(runs) == 1 * 2 * 2
     assert len({r.key for r in runs}) == 4
     assert [r.needs_teacher for r in runs] == [False, False, True, True]
-    kd = [r for r in runs if r.method_label == "kd"][0]
+    kd = next(r for r in runs if r.method_label == "kd")
     assert kd.config["method"]["components"][0]["hparams"] == {"temperature": 4.0, "loss_weight": 1.0, "point": "logits"}
 
 
 def test_run_key_ignores_paths_and_workers_but_not_hyperparameters(tmp_path):
-    base = load_suite(write(tmp_path, VALID)).parts[0]
-    moved = load_suite(write(tmp_path, mutate(lambda d: d.update(runtime={"num_workers": 3})), "b.yaml")).parts[0]
-    changed = load_suite(write(tmp_path, mutate(lambda d: d["methods"][1]["hparams"].update(temperature=2.0)),
+    """(The property over every field is tests/test_run_key.py.)"""
+    camvid = {"name": "camvid", "root": "/data/CamVid", "crop": [32, 32]}
+    base = load_suite(write(tmp_path, mutate(lambda d: d.update(dataset=camvid)))).parts[0]
+    moved = load_suite(write(tmp_path, mutate(lambda d: d.update(dataset={**camvid, "root": "~/elsewhere/CamVid"},
+                                                                runtime={"num_workers": 3})), "b.yaml")).parts[0]
+    changed = load_suite(write(tmp_path, mutate(lambda d: (d.update(dataset=camvid),
+                                                           d["methods"][1]["hparams"].update(temperature=2.0))),
                                "c.yaml")).parts[0]
     keys = lambda s: {r.method_label: r.key for r in expand(s)[0]}
+    assert base.dataset.root != moved.dataset.root and base.runtime != moved.runtime
     assert keys(base) == keys(moved)
     assert keys(base)["kd"] != keys(changed)["kd"] and keys(base)["none"] == keys(changed)["none"]
 
@@ -121,6 +127,48 @@ def test_extends_and_overrides(tmp_path):
     suite = load_suite(child, overrides=["schedule.iterations=7", "seeds=[3, 4]"]).parts[0]
     assert suite.name == "child" and suite.schedule.lr == 0.5 and suite.schedule.batch_size == 4
     assert suite.schedule.iterations == 7 and suite.seeds == [3, 4]
+
+
+def test_extends_merges_mappings_deeply_and_replaces_lists(tmp_path):
+    """A recipe's nested settings survive a child that sets one key beside them; lists are replaced whole; the base
+    file is not modified by the merge (two children of one recipe see the same recipe)."""
+    base = mutate(lambda d: (d.pop("name"), d["dataset"].update(scale_range=[0.5, 2.0], flip=False)))
+    write(tmp_path, base, "recipe.yaml")
+    write(tmp_path, {"extends": "recipe.yaml", "dataset": {"options": {"num_val": 4}}, "seeds": [7]}, "middle.yaml")
+    child = write(tmp_path, {"extends": "middle.yaml", "name": "child", "dataset": {"crop": [16, 16]},
+                             "methods": [{"name": "kd"}]}, "child.yaml")
+    suite = load_suite(child).parts[0]
+    assert suite.dataset.crop == (16, 16) and suite.dataset.scale_range == (0.5, 2.0) and suite.dataset.flip is False
+    assert suite.dataset.options == {"image_size": 32, "num_train": 16, "num_val": 4}
+    assert [m.name for m in suite.methods] == ["kd"] and suite.seeds == [7]
+    sibling = write(tmp_path, {"extends": "recipe.yaml", "name": "sibling"}, "sibling.yaml")
+    assert load_suite(sibling).parts[0].dataset.options == VALID["dataset"]["options"]
+    cycle = write(tmp_path, {"extends": "cycle.yaml", "name": "c"}, "cycle.yaml")
+    with pytest.raises(SuiteError, match="cycle"):
+        load_suite(cycle)
+
+
+@pytest.mark.parametrize("override,check", [
+    ("schedule.iterations=12", lambda s: s.schedule.iterations == 12),
+    ("schedule.lr=5e-3", lambda s: s.schedule.lr == 0.005),
+    ("dataset.options.num_val=3", lambda s: s.dataset.options == {"image_size": 32, "num_train": 16, "num_val": 3}),
+    ("dataset.eval_size=[24, 40]", lambda s: s.dataset.eval_size == (24, 40)),
+    ("dataset.eval_size=null", lambda s: s.dataset.eval_size is None),
+    ("runtime.num_workers=2", lambda s: s.runtime.num_workers == 2),
+    ("teachers.t.schedule.iterations=3", lambda s: s.teacher_schedule("t").iterations == 3),
+    ("seeds=[5]", lambda s: s.seeds == [5]),
+])
+def test_set_overrides_one_key_with_a_yaml_value(tmp_path, override, check):
+    suite = load_suite(write(tmp_path, VALID), overrides=[override]).parts[0]
+    assert check(suite)
+    assert suite.students == load_suite(write(tmp_path, VALID, "again.yaml")).parts[0].students
+
+
+@pytest.mark.parametrize("override,fragment", [("schedule.iterations", "expected KEY.PATH=VALUE"),
+                                               ("schedule.lr=[1, 2", "not valid YAML")])
+def test_a_malformed_override_is_refused(tmp_path, override, fragment):
+    with pytest.raises(SuiteError, match=re.escape(fragment)):
+        load_suite(write(tmp_path, VALID), overrides=[override])
 
 
 def test_include_rejects_a_cell_defined_twice(tmp_path, capsys):
