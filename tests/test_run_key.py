@@ -130,6 +130,9 @@ FIELDS: dict[str, tuple[st.SearchStrategy, frozenset]] = {
     "methods.1.label": (st.sampled_from(["KD (τ=4)", "pixel KD"]), frozenset({KD})),
     "seeds": (st.integers(1, 1000).map(lambda s: [s]), STUDENT_RUNS),
     # how to run, not what: never in a key
+    # the equal-compute view adds runs of its own (keyed by their derived iterations, tests/test_stats.py); the runs
+    # of the equal-iterations view keep their keys
+    "compare_at": (st.sampled_from(["device_hours", "wall_clock"]), frozenset()),
     "runtime.num_workers": (st.integers(1, 16), frozenset()),
     "runtime.amp": (st.sampled_from(["bf16", "off"]), frozenset()),
     "runtime.channels_last": (st.sampled_from(["on", "off"]), frozenset()),
