@@ -63,7 +63,7 @@ from benchmark.runner import (
     record_failure,
     suite_record,
 )
-from benchmark.store import ResultStore, atomic_write_json
+from benchmark.store import ResultStore, RunFolder, atomic_write_json
 from benchmark.suite import ResourcesConfig, SuiteError, SuiteFile, load_suite
 
 #: Seconds between the requeue signal and the time limit: enough to finish a step and exit.
@@ -374,7 +374,9 @@ def run_local(suite_file: SuiteFile, overrides: list[str], results_root: str | P
                 except Exception as error:  # noqa: BLE001 - a failed job (its log says why); the suite goes on
                     outcome = "failed"
                     echo(f"{job.label}: FAILED: {_one_line(error)} (log: {_log_of(plan, job)})")
-                    failed.append({"run": job.label, "reason": _one_line(error), "log": str(_log_of(plan, job))})
+                    # The run's own words where it recorded them (the job's error only says "see the log").
+                    reason = _folder_of(plan, job).status().get("reason") or _one_line(error)
+                    failed.append({"run": job.label, "reason": reason, "log": str(_log_of(plan, job))})
                 else:
                     echo(f"{job.label}: {outcome.replace('_', ' ')}")
                 counts[f"{job.role}:{outcome}"] += 1
@@ -401,9 +403,12 @@ def run_local(suite_file: SuiteFile, overrides: list[str], results_root: str | P
     return SuiteOutcome(_render(plan, reports_root), failed)
 
 
+def _folder_of(plan: Plan, job: Job) -> RunFolder:
+    return plan.store.teacher(job.key) if job.role == "teacher" else plan.store.run(job.key)
+
+
 def _log_of(plan: Plan, job: Job) -> Path:
-    folder = plan.store.teacher(job.key) if job.role == "teacher" else plan.store.run(job.key)
-    return folder.log_path.resolve()
+    return _folder_of(plan, job).log_path.resolve()
 
 
 # --- slurm: submit and return -----------------------------------------------------------------------

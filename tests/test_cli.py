@@ -192,6 +192,17 @@ def test_a_failed_run_makes_run_exit_1_and_names_it_and_its_log(tmp_path, capsys
     assert "mini: tiny_student / none / seed 0: NonFiniteLossError" in summary and f"(log: {log})" in summary
 
 
+def test_a_failed_run_makes_run_exit_1_with_the_local_executor_too(tmp_path, capsys):
+    data = {**MINI, "teachers": {}, "methods": [{"name": "none"}], "claims": [],
+            "schedule": {**MINI["schedule"], "lr": 1e30, "iterations": 2, "eval_every": 0}}
+    assert cli(tmp_path, "run", str(write_suite(tmp_path, data)), "--executor", "local", "--workers", "1") == 1
+    out = capsys.readouterr().out
+    key = load_records(tmp_path / "results" / "mini")[2][0]["run_key"]
+    summary = out.split("1 run(s) failed:")[1]
+    assert "mini: tiny_student / none / seed 0: " in summary and "non-finite loss" in summary
+    assert f"(log: {tmp_path / 'results' / 'mini' / 'runs' / key / 'train.log'})" in summary
+
+
 # --- files readable as the umask says -------------------------------------------------------------------------
 
 
