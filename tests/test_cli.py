@@ -12,34 +12,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from benchmark.__main__ import main
 from benchmark.store import atomic_write_bytes, load_records
 from benchmark.suite import SuiteError, expand, load_suite
+from tests.test_runner import MINI as RUNNER_MINI
+from tests.test_runner import write_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 
-MINI = {
-    "name": "mini",
-    "dataset": {"name": "synthetic", "crop": [32, 32], "scale_range": [1.0, 1.0],
-                "options": {"image_size": 32, "num_train": 16, "num_val": 8, "num_test": 8}},
-    "schedule": {"iterations": 6, "batch_size": 4, "lr": 0.01, "eval_every": 3, "eval_batch_size": 8,
-                 "checkpoint_every": 3, "log_every": 2},
-    "teachers": {"t": {"model": "tiny_teacher", "schedule": {"iterations": 4}}},
-    "students": [{"model": "tiny_student"}],
-    "methods": [{"name": "none"}, {"name": "kd"}],
-    "seeds": [0],
-    "claims": [{"student": "tiny_student", "method": "kd", "miou": 42.0, "source": "made up for a test"},
-               {"student": "tiny_student", "method": "SKD", "not_implemented": True, "miou": 41.0,
-                "source": "made up for a test"}],
-}
-
-
-def write_suite(folder: Path, data: dict, name: str = "mini.yaml") -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+#: The runner's tiny suite, with a claim for its kd row and one for a method it does not run.
+MINI = {**RUNNER_MINI, "claims": [
+    {"student": "tiny_student", "method": "kd", "miou": 42.0, "source": "made up for a test"},
+    {"student": "tiny_student", "method": "SKD", "not_implemented": True, "miou": 41.0, "source": "made up for a test"}]}
 
 
 def cli(folder: Path, *argv: str) -> int:
