@@ -350,7 +350,8 @@ def run_local(suite_file: SuiteFile, overrides: list[str], results_root: str | P
     def start(job: Job) -> None:
         def started(submitted, slot) -> None:
             book.add(job.key, submitted, "local", job.role, commit)
-            echo(f"{job.label}: started as local job {submitted.job_id} on {_slot_name(slot)}")
+            echo(f"{job.label}: started as local job {submitted.job_id} on {_slot_name(slot)} in "
+                 f"{_folder_of(plan, job).path.resolve()}, log {_log_of(plan, job)}")
 
         futures[pool.submit(RunJob(), _job_args(suite_file, overrides, results_root, job, commit), started)] = job
 
