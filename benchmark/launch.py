@@ -53,14 +53,17 @@ from benchmark.runner import (
     Part,
     Plan,
     Runner,
+    SuiteOutcome,
     _silent,
+    deviation_lines,
+    echo_failures,
     environment,
     make_plan,
     preflight,
     record_failure,
     suite_record,
 )
-from benchmark.store import ResultStore, atomic_write_json
+from benchmark.store import ResultStore, RunFolder, atomic_write_json
 from benchmark.suite import ResourcesConfig, SuiteError, SuiteFile, load_suite
 
 #: Seconds between the requeue signal and the time limit: enough to finish a step and exit.
@@ -315,9 +318,11 @@ def _one_line(error: BaseException) -> str:
 
 
 def run_local(suite_file: SuiteFile, overrides: list[str], results_root: str | Path = "results",
-              reports_root: str | Path = "reports", workers: int | None = None, echo=print) -> Path:
+              reports_root: str | Path = "reports", workers: int | None = None, echo=print) -> SuiteOutcome:
     """Train every unfinished run of a suite on a pool of this machine's devices; render the report."""
     plan = _prepare(suite_file, results_root)
+    for line in deviation_lines(plan.parts):
+        echo(line)
     teachers, students = job_graph(plan)
     per_run = {part.suite.resources.gpus for part in plan.parts}
     if len(per_run) > 1:
@@ -345,7 +350,8 @@ def run_local(suite_file: SuiteFile, overrides: list[str], results_root: str | P
     def start(job: Job) -> None:
         def started(submitted, slot) -> None:
             book.add(job.key, submitted, "local", job.role, commit)
-            echo(f"{job.label}: started as local job {submitted.job_id} on {_slot_name(slot)}")
+            echo(f"{job.label}: started as local job {submitted.job_id} on {_slot_name(slot)} in "
+                 f"{_folder_of(plan, job).path.resolve()}, log {_log_of(plan, job)}")
 
         futures[pool.submit(RunJob(), _job_args(suite_file, overrides, results_root, job, commit), started)] = job
 
@@ -358,6 +364,7 @@ def run_local(suite_file: SuiteFile, overrides: list[str], results_root: str | P
         else:
             start(job)
     counts: Counter = Counter()
+    failed: list[dict[str, str | None]] = []
     try:
         while futures:
             finished, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -368,6 +375,9 @@ def run_local(suite_file: SuiteFile, overrides: list[str], results_root: str | P
                 except Exception as error:  # noqa: BLE001 - a failed job (its log says why); the suite goes on
                     outcome = "failed"
                     echo(f"{job.label}: FAILED: {_one_line(error)} (log: {_log_of(plan, job)})")
+                    # The run's own words where it recorded them (the job's error only says "see the log").
+                    reason = _folder_of(plan, job).status().get("reason") or _one_line(error)
+                    failed.append({"run": job.label, "reason": reason, "log": str(_log_of(plan, job))})
                 else:
                     echo(f"{job.label}: {outcome.replace('_', ' ')}")
                 counts[f"{job.role}:{outcome}"] += 1
@@ -378,7 +388,11 @@ def run_local(suite_file: SuiteFile, overrides: list[str], results_root: str | P
                         start(student)
                     else:
                         reason = f"teacher unavailable: {job.label} failed: see {_log_of(plan, job)}"
-                        counts[f"student:{record_failure(plan.store.run(student.key), student.config, reason)}"] += 1
+                        outcome = record_failure(plan.store.run(student.key), student.config, reason)
+                        counts[f"student:{outcome}"] += 1
+                        if outcome == "failed":
+                            failed.append({"run": student.label, "reason": reason,
+                                           "log": str(plan.store.run(student.key).status_path.resolve())})
     except BaseException:
         pool.cancel()
         raise
@@ -386,12 +400,16 @@ def run_local(suite_file: SuiteFile, overrides: list[str], results_root: str | P
          f"teachers trained {counts['teacher:trained']}, failed {counts['teacher:failed']}"
          + (f", finished by another process {counts['student:done_elsewhere']}" if counts['student:done_elsewhere']
             else ""))
-    return _render(plan, reports_root)
+    echo_failures(failed, echo)
+    return SuiteOutcome(_render(plan, reports_root), failed)
+
+
+def _folder_of(plan: Plan, job: Job) -> RunFolder:
+    return plan.store.teacher(job.key) if job.role == "teacher" else plan.store.run(job.key)
 
 
 def _log_of(plan: Plan, job: Job) -> Path:
-    folder = plan.store.teacher(job.key) if job.role == "teacher" else plan.store.run(job.key)
-    return folder.log_path
+    return _folder_of(plan, job).log_path.resolve()
 
 
 # --- slurm: submit and return -----------------------------------------------------------------------
@@ -477,7 +495,7 @@ def _slurm_executor(plan: Plan, resources: ResourcesConfig, time_min: int, name:
 
 
 def submit_slurm(suite_file: SuiteFile, overrides: list[str], results_root: str | Path = "results",
-                 reports_root: str | Path = "reports", echo=print) -> Path:
+                 reports_root: str | Path = "reports", echo=print) -> SuiteOutcome:
     """Submit every unfinished run (and the teachers they need) as Slurm jobs and return; a job already
     queued or running for a run (per ``sacct``) is not submitted again. Renders the report from what has
     finished so far."""
@@ -486,6 +504,8 @@ def submit_slurm(suite_file: SuiteFile, overrides: list[str], results_root: str 
             raise LaunchError(f"--executor slurm: `{tool}` is not on PATH: submit from a Slurm login node, or use "
                               "--executor local on a machine with GPUs")
     plan = _prepare(suite_file, results_root)
+    for line in deviation_lines(plan.parts):
+        echo(line)
     teachers, students = job_graph(plan)
     commit = environment()["git_commit"] or ""
     book = JobBook(plan.store)
@@ -546,7 +566,7 @@ def submit_slurm(suite_file: SuiteFile, overrides: list[str], results_root: str 
     echo(f"{suite_file.name}: {submitted} job(s) submitted, {already} run(s) already queued or running; "
          f"follow with `python -m benchmark status {suite_file.path} --results {results_root}`, render the "
          "report again with the same `run` command (it submits only what is missing) or `report`")
-    return _render(plan, reports_root)
+    return SuiteOutcome(_render(plan, reports_root))
 
 
 def profile_compute_view(executor: str | None, suite_file: SuiteFile, results_root: str | Path, echo=print) -> None:
@@ -573,7 +593,7 @@ def profile_compute_view(executor: str | None, suite_file: SuiteFile, results_ro
 
 
 def run_with_executor(executor: str | None, suite_file: SuiteFile, overrides: list[str], results_root: str | Path,
-                      reports_root: str | Path, workers: int | None, echo=print) -> Path | None:
+                      reports_root: str | Path, workers: int | None, echo=print) -> SuiteOutcome:
     """``run``: ``executor`` None is inline, except after a Slurm submission of the same suite and results, where
     it renders the report from what has finished instead of training the queued runs here."""
     if executor not in ("local", None) and workers is not None:
@@ -594,7 +614,7 @@ def run_with_executor(executor: str | None, suite_file: SuiteFile, overrides: li
                  f"{len(on_slurm)} unfinished run(s) were submitted to Slurm ({plan.store.jobs_path}), so nothing is "
                  "trained here: `--executor slurm` submits what is missing, `--executor inline` trains here, "
                  f"`python -m benchmark status {suite_file.path}` shows each run's job")
-            return _render(plan, reports_root)
+            return SuiteOutcome(_render(plan, reports_root))
     if workers is not None:
         raise LaunchError("--workers is for --executor local")
     from benchmark.runner import run_suite

@@ -41,12 +41,27 @@ def print_listing(kind: str | None = None) -> None:
                 print("      hyperparameters: " + ", ".join(f"{k}={v!r}" for k, v in hyper.items()))
 
 
-def print_models(names: list[str], size: tuple[int, int], num_classes: int) -> int:
-    print(f"input {size[0]}x{size[1]}, {num_classes} classes; {FLOPS_CONVENTION}")
-    for name in names or MODELS.names():
-        info = describe_registered(name, num_classes, [size])
-        print(f"\n{name}: {info['params'] / 1e6:.2f}M params ({info['params_inference'] / 1e6:.2f}M at inference), "
-              f"{next(iter(info['gflops'].values())):.2f} GFLOPs")
+#: Classes a model is described with when it states none of its own (the tiny smoke models): Cityscapes'.
+DEFAULT_NUM_CLASSES = 19
+
+
+def model_num_classes(name: str) -> int:
+    """The class count a model is counted with by default: its own (``builder.num_classes``: 21 for the VOC
+    models of pytorch-deeplab-xception), else :data:`DEFAULT_NUM_CLASSES`."""
+    return getattr(MODELS.get(name), "num_classes", DEFAULT_NUM_CLASSES)
+
+
+def print_models(names: list[str], size: tuple[int, int], num_classes: int | None = None) -> int:
+    """Each model's parameters, GFLOPs and feature points; ``num_classes`` None: each model's own class count."""
+    names = names or MODELS.names()
+    for name in names:
+        MODELS.get(name)  # every unknown name is refused before the first (slow) count
+    print(f"input {size[0]}x{size[1]}; {FLOPS_CONVENTION}")
+    for name in names:
+        classes = num_classes if num_classes is not None else model_num_classes(name)
+        info = describe_registered(name, classes, [size])
+        print(f"\n{name} ({classes} classes): {info['params'] / 1e6:.2f}M params ({info['params_inference'] / 1e6:.2f}M "
+              f"at inference), {next(iter(info['gflops'].values())):.2f} GFLOPs")
         for point, spec in info["feature_points"].items():
             print(f"  {point:<24} {spec['channels']:>5} channels  stride {spec['stride']:>2}  ({spec['capture']} of "
                   f"{spec['module'] or 'the model'})")

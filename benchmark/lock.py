@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from benchmark.atomic import create_temp
 
 STALE_ENV = "SEGKD_LOCK_STALE_S"
 HEARTBEAT_ENV = "SEGKD_LOCK_HEARTBEAT_S"
@@ -127,12 +128,12 @@ def describe(info: dict[str, Any]) -> str:
 
 
 def _write_temp(folder: Path, info: dict[str, Any]) -> str:
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=".lock.")
+    handle, temp = create_temp(folder, prefix=".lock.")
     with os.fdopen(handle, "w") as file:
         json.dump(info, file, sort_keys=True)
         file.flush()
         os.fsync(file.fileno())
-    return temp
+    return str(temp)
 
 
 def _create(path: Path, info: dict[str, Any]) -> bool:

@@ -13,6 +13,7 @@ import json
 import math
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 import yaml
@@ -213,7 +214,8 @@ def print_plan(suite_file: SuiteFile, results_root: str = "results", profile: bo
         suite = part.suite
         states = Counter(plan.run_folder(run).status()["status"] for run in part.runs)
         print(f"\n== {suite.title} [{suite.name}] ==")
-        print(f"  dataset: {suite.dataset.name} (root: {suite.dataset.root or '-'}), "
+        root = Path(suite.dataset.root).expanduser().resolve() if suite.dataset.root else "-"
+        print(f"  dataset: {suite.dataset.name} (root: {root}), "
               f"crop {list(suite.dataset.crop)}, {len(part.runs)} runs: "
               + ", ".join(f"{count} {state}" for state, count in sorted(states.items())))
         problem = plan.dataset_problems.get(f"{suite.dataset.name} at {suite.dataset.root}")

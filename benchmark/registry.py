@@ -11,10 +11,23 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'kd'?"`` for a near miss among ``known`` (``""`` when nothing is close): the same name in
+    another case first (``KD`` for ``kd``), then difflib's closest matches, compared case-insensitively."""
+    known = [str(k) for k in known]
+    same_but_case = [k for k in known if k.lower() == str(name).lower() and k != name]
+    lowered: dict[str, str] = {}
+    for k in known:
+        lowered.setdefault(k.lower(), k)
+    close = [lowered[c] for c in difflib.get_close_matches(str(name).lower(), list(lowered), n=3, cutoff=0.5)]
+    matches = list(dict.fromkeys(same_but_case + [c for c in close if c != name]))[:3]
+    return f"; did you mean {', '.join(repr(c) for c in matches)}?" if matches else ""
 
 
 class UnknownNameError(KeyError):
@@ -22,9 +35,7 @@ class UnknownNameError(KeyError):
 
     def __init__(self, kind: str, name: str, known: list[str]):
         self.kind, self.name, self.known = kind, name, known
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        super().__init__(f"unknown {kind} {name!r}{hint} (known: {', '.join(known) or 'none'})")
+        super().__init__(f"unknown {kind} {name!r}{did_you_mean(name, known)} (known: {', '.join(known) or 'none'})")
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.args[0]

@@ -127,7 +127,8 @@ def preflight(plan: Plan) -> None:
         weights += [(f"students[{index}]", student) for index, student in enumerate(suite.students)]
         for where, ref in weights:
             if ref.checkpoint and not _root(ref.checkpoint).is_file():
-                raise PreflightError(f"{plan.suite_file.path}: {where}.checkpoint: no such file {ref.checkpoint}")
+                raise PreflightError(f"{plan.suite_file.path}: {where}.checkpoint: no such file "
+                                     f"{_root(ref.checkpoint).resolve()}")
             if ref.checkpoint and ref.checkpoint_format != "ours":
                 # Converting reads the file once more, but a file that cannot be converted stops the suite here.
                 try:
@@ -247,9 +248,46 @@ def record_failure(folder: RunFolder, config: dict[str, Any], reason: str) -> st
     return _shared(record)
 
 
+@dataclass
+class SuiteOutcome:
+    """What ``run`` did: the report it rendered (None: none here) and the runs that failed, each with its reason and
+    log, for the summary and the exit code (1 when any failed)."""
+
+    report: Path | None
+    failed: list[dict[str, str | None]] = field(default_factory=list)
+
+
+def echo_failures(failed: list[dict[str, str | None]], echo=print) -> None:
+    """The summary's list of failed runs: name, reason, log (or the status file where training never started)."""
+    if failed:
+        echo(f"{len(failed)} run(s) failed:")
+    for failure in failed:
+        echo(f"  {failure['run']}: {failure['reason']} (log: {failure['log']})")
+
+
+def deviation_lines(parts: list[Part]) -> list[str]:
+    """One line per table whose runs leave their protocol (:meth:`Suite.run_deviations`), for the console."""
+    from benchmark.report.tables import fmt_deviation
+
+    lines = []
+    for part in parts:
+        differences: dict[str, dict[str, Any]] = {}
+        leaving = [run for run in part.runs if run.protocol_deviations]
+        for run in leaving:
+            for deviation in run.protocol_deviations:
+                differences.setdefault(deviation["setting"], deviation)
+        if leaving:
+            lines.append(f"warning: {part.suite.name}: {len(leaving)} of {len(part.runs)} runs leave the protocol of "
+                         f"the {part.suite.protocol_reference} (marked off protocol in their records and the report): "
+                         + "; ".join(fmt_deviation(d) for d in differences.values()))
+    return lines
+
+
 class Runner:
     def __init__(self, plan: Plan, device: torch.device, echo=print, launch: dict[str, Any] | None = None):
         self.plan, self.device, self.echo = plan, device, echo
+        #: Runs that failed in this process: ``{"run", "reason", "log"}`` (see :class:`SuiteOutcome`).
+        self.failures: list[dict[str, str | None]] = []
         self.teachers: dict[str, SegmentationModel] = {}
         #: What each teacher loaded from a checkpoint file (``convert.load_weights``), for the runs' logs and records.
         self.teacher_checkpoints: dict[str, dict[str, Any]] = {}
@@ -289,7 +327,8 @@ class Runner:
                 status = _shared(folder.status)
                 if waited and status["status"] == "failed":
                     raise RuntimeError(f"teacher {spec.label} failed in another process: {status.get('reason')}")
-                self.echo(f"teacher {spec.label} ({config.model}): training (once; every run that names it shares it)")
+                self.echo(f"teacher {spec.label} ({config.model}): training (once; every run that names it shares "
+                          f"it) in {folder.path.resolve()}, log {folder.log_path.resolve()}")
                 job = TrainJob(name=f"teacher {config.model}", folder=folder.path,
                                dataset=suite.teacher_dataset(spec.label).resolved(),
                                dataset_root=suite.dataset.root, schedule=suite.teacher_schedule(spec.label),
@@ -303,7 +342,7 @@ class Runner:
                     waited = True  # another process took it between our look and our lock: wait for that one
                     continue
                 if not folder.done:
-                    raise RuntimeError(f"teacher {spec.label} failed: see {folder.log_path}")
+                    raise RuntimeError(f"teacher {spec.label} failed: see {folder.log_path.resolve()}")
             weights = folder.path / "model.pt"
             load_state_strict(model, load_checkpoint(weights), weights, f"teacher {config.model}")
         model = freeze(model.to(self.device))
@@ -349,15 +388,18 @@ class Runner:
         folder = self.plan.run_folder(run)
         if folder.done:
             return None
-        label = f"[{index}/{total}] {part.suite.name}: {run.student} / {run.method_label} / seed {run.seed}"
+        name = f"{part.suite.name}: {run.student} / {run.method_label} / seed {run.seed}"
+        label = f"[{index}/{total}] {name}"
         try:
             teacher = self.teacher(run.teacher, part.suite, wait=wait) if run.teacher else None
         except (RuntimeError, CheckpointError) as error:
             outcome = record_failure(folder, run.config, f"teacher unavailable: {error}")
             if outcome == "failed":
                 self.echo(f"{label}: FAILED before training: {error}")
+                self._failed(name, folder)
             return outcome
-        self.echo(f"{label}: {'resuming' if folder.checkpoint_path.is_file() else 'training'}")
+        self.echo(f"{label}: {'resuming' if folder.checkpoint_path.is_file() else 'training'} in "
+                  f"{folder.path.resolve()}, log {folder.log_path.resolve()}")
         job = TrainJob(name=f"{run.student}/{run.method_label}/s{run.seed}", folder=folder.path,
                        dataset=part.suite.dataset.resolved(), dataset_root=run.dataset_root,
                        schedule=ScheduleConfig(**run.config["schedule"]) if run.compute else part.suite.schedule,
@@ -377,7 +419,17 @@ class Runner:
             meta["teacher_checkpoint"] = self.teacher_checkpoints[run.teacher.key]
         if run.compute:  # an equal-compute run: how its iterations were derived from the profiled step times
             meta["compute_budget"] = run.compute
-        return self._train(folder, job, meta, run.config, part.suite)
+        meta["protocol_deviations"] = run.protocol_deviations
+        meta["protocol_reference"] = run.protocol_reference
+        outcome = self._train(folder, job, meta, run.config, part.suite)
+        if outcome == "failed":
+            self._failed(name, folder)
+        return outcome
+
+    def _failed(self, name: str, folder: RunFolder) -> None:
+        reason = folder.status().get("reason") if distributed.is_main() else None
+        log = folder.log_path if folder.log_path.is_file() else folder.status_path
+        self.failures.append({"run": name, "reason": reason or "see the log", "log": str(log.resolve())})
 
     def qualitative(self, suite: Suite) -> QualitativePlan | None:
         """The suite's prediction images (``report`` key); None where it asks for none."""
@@ -451,7 +503,7 @@ class Runner:
             log.error("run failed: %s\n%s", error, traceback.format_exc())
             if distributed.is_main():
                 folder.set_status("failed", reason=f"{type(error).__name__}: {error}")
-            self.echo(f"  FAILED: {type(error).__name__}: {error} (log: {folder.log_path})")
+            self.echo(f"  FAILED: {type(error).__name__}: {error} (log: {folder.log_path.resolve()})")
             return "failed"
         except BaseException:
             # Told to stop (a requeue signal exits rank 0 only, Ctrl-C): the other processes may never reach a
@@ -488,23 +540,27 @@ def _cost_input_size(suite: Suite) -> tuple[int, int]:
 
 
 def run_suite(suite_file: SuiteFile, results_root: str | Path = "results", reports_root: str | Path = "reports",
-              device: torch.device | None = None, echo=print) -> Path | None:
+              device: torch.device | None = None, echo=print) -> SuiteOutcome:
     plan = make_plan(suite_file, results_root)
     preflight(plan)
     device = device or distributed.setup()
     if not distributed.is_main():
         echo = _silent
+    for line in deviation_lines(plan.parts):
+        echo(line)
     if distributed.is_main():
         plan.store.root.mkdir(parents=True, exist_ok=True)
         plan.store.write_suite_record(suite_record(plan))
-    counts = Runner(plan, device, echo).run_all()
+    runner = Runner(plan, device, echo)
+    counts = runner.run_all()
     echo(f"{suite_file.name}: trained {counts['trained']}, failed {counts['failed']}, "
          f"already finished {counts['done_before']}"
          + (f", finished by another process {counts['done_elsewhere']}" if counts["done_elsewhere"] else "")
          + (f", skipped (locked by another process) {counts['skipped_locked']}" if counts["skipped_locked"] else ""))
+    echo_failures(runner.failures, echo)
     distributed.barrier()
     if not distributed.is_main():
-        return None
+        return SuiteOutcome(None, runner.failures)
     from benchmark.report import render_report
 
-    return render_report(plan.store.root, Path(reports_root) / suite_file.name)
+    return SuiteOutcome(render_report(plan.store.root, Path(reports_root) / suite_file.name), runner.failures)

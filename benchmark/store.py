@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from benchmark import lock as run_lock
+from benchmark.atomic import create_temp
 from benchmark.lock import RunLockedError
 
 METRICS = "metrics.json"
@@ -34,9 +34,10 @@ SCHEMA_VERSION = 1
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, rename: readers see the old or the new file."""
+    """Write to a temporary file in the same folder, fsync, rename: readers see the old or the new file, with the
+    permission bits the umask gives new files (:func:`benchmark.atomic.create_temp`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    handle, temp = create_temp(path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
@@ -44,7 +45,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(file.fileno())
         os.replace(temp, path)
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
 
 
@@ -136,7 +137,7 @@ class RunFolder:
 
 class ResultStore:
     def __init__(self, root: Path, suite_name: str):
-        self.root = Path(root) / suite_name
+        self.root = Path(root).expanduser().resolve() / suite_name  # absolute: every message names it so
         self.suite_name = suite_name
 
     def run(self, key: str) -> RunFolder:

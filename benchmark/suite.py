@@ -14,20 +14,23 @@ table). Relative paths in ``extends``/``include`` are relative to the including 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import inspect
 import json
 import os
 import re
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictInt,
     ValidationError,
@@ -35,7 +38,7 @@ from pydantic import (
     model_validator,
 )
 
-from benchmark.registry import DATASETS, METHODS, MODELS, UnknownNameError
+from benchmark.registry import DATASETS, METHODS, MODELS, UnknownNameError, did_you_mean
 
 
 class SuiteError(Exception):
@@ -148,7 +151,8 @@ class DatasetConfig(Strict):
         known = spec.options()
         for key in self.options:
             if key not in known:
-                raise ValueError(f"unknown option {key!r} for dataset {self.name} (known: {sorted(known)})")
+                raise ValueError(f"unknown option {key!r} for dataset {self.name}{did_you_mean(key, known)} "
+                                 f"(known: {sorted(known)})")
         if spec.needs_root and not self.root:
             raise ValueError(f"dataset {self.name} needs `root`: the directory holding it")
         return self
@@ -293,7 +297,7 @@ def _check_model_options(name: str, options: dict[str, Any]) -> None:
     known = [n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY]
     for key in options:
         if key not in known and not accepts_any:
-            raise ValueError(f"unknown option {key!r} for model {name} (known: {known})")
+            raise ValueError(f"unknown option {key!r} for model {name}{did_you_mean(key, known)} (known: {known})")
 
 
 class ModelRef(Strict):
@@ -361,7 +365,8 @@ class MethodComponent(Strict):
         defaults = _lookup(METHODS, self.name).hyperparameters()
         for key, value in self.hparams.items():
             if key not in defaults:
-                raise ValueError(f"method {self.name} has no hyperparameter {key!r} (it has: {sorted(defaults)})")
+                raise ValueError(f"method {self.name} has no hyperparameter {key!r}{did_you_mean(key, defaults)} "
+                                 f"(it has: {sorted(defaults)})")
             _check_hparam_type(self.name, key, value, defaults[key])
         return self
 
@@ -426,11 +431,15 @@ class Claim(Strict):
     """A number a paper reports for one cell, with where it comes from.
 
     ``miou`` is the absolute number; ``miou_delta`` the gain in mIoU points over the same table's ``none`` row
-    for the same student, for papers that state only a gain. At least one of them is given.
+    for the same student, for papers that state only a gain. At least one of them is given. The cell is one of the
+    suite's students and one of its rows, named by the row's exact label; a row the paper reports for a method no
+    row here runs is written with ``not_implemented: true`` and the paper's name for the method.
     """
 
     student: str
     method: str
+    #: The paper's row is a method this suite does not run (``method`` is then the paper's name for it).
+    not_implemented: StrictBool = False
     miou: float | None = None
     miou_delta: float | None = None
     miou_pm: float | None = None
@@ -444,8 +453,11 @@ class Claim(Strict):
     @field_validator("miou", "pixel_accuracy")
     @classmethod
     def _percent(cls, value):
-        if value is not None and not 0 <= value <= 100:
-            raise ValueError(f"claimed numbers are percentages in [0, 100], got {value}")
+        if value is not None and 0 <= value <= 1:
+            raise ValueError(f"{value} looks like a fraction: claimed numbers are percentages in (1, 100] "
+                             f"(write {100 * value:g} for {value})")
+        if value is not None and not 1 < value <= 100:
+            raise ValueError(f"claimed numbers are percentages in (1, 100], got {value}")
         return value
 
     @field_validator("miou_delta")
@@ -554,6 +566,11 @@ class Suite(Strict):
     resources: ResourcesConfig = ResourcesConfig()
     #: The equal-compute view: ``compare_at: device_hours`` (or a mapping, see :class:`CompareAtConfig`).
     compare_at: CompareAtConfig | None = None
+    #: What the runs are compared with for protocol deviations (:meth:`run_deviations`), set by :func:`load_suite`:
+    #: the suite's recipe, or the suite file as written; None where there is nothing to compare with.
+    _reference: Suite | None = PrivateAttr(None)
+    _reference_name: str | None = PrivateAttr(None)
+    _overridden: tuple[str, ...] = PrivateAttr(())
 
     @field_validator("name")
     @classmethod
@@ -593,6 +610,7 @@ class Suite(Strict):
         self.protocol_deviations()  # raises on a setting that names no key
         self._check_checkpoint_preprocessing()
         self._check_compare_at(labels)
+        self._check_claims()
         return self
 
     def _check_compare_at(self, labels: list[str]) -> None:
@@ -606,6 +624,39 @@ class Suite(Strict):
                 [c.name for c in m.parts()] == ["none"] for m in self.methods):
             raise ValueError("compare_at needs a budget: a no-distillation row (method none), "
                              "compare_at.reference naming a row, or compare_at.hours")
+
+    def _check_claims(self) -> None:
+        """Every claim names a cell of this suite: one of its students, and one of its rows by the row's exact
+        label, or a row of the paper that no method here runs (``not_implemented: true``); one claim per cell."""
+        students = [s.model for s in self.students]
+        labels = [m.row_label for m in self.methods]
+        has_baseline = any([c.name for c in m.parts()] == ["none"] for m in self.methods)
+        problems: list[str] = []
+        seen: dict[tuple[str, str], int] = {}
+        for index, claim in enumerate(self.claims):
+            where = f"claims[{index}]"
+            if claim.student not in students:
+                problems.append(f"{where}.student: {claim.student!r} is not a student of this suite"
+                                f"{did_you_mean(claim.student, students)} (students: {', '.join(students)})")
+            if claim.not_implemented:
+                if claim.method in labels:
+                    problems.append(f"{where}.method: {claim.method!r} is a row of this suite; remove "
+                                    "`not_implemented: true`")
+            elif claim.method not in labels:
+                problems.append(f"{where}.method: {claim.method!r} is not a row of this suite"
+                                f"{did_you_mean(claim.method, labels)} (rows: {', '.join(map(repr, labels))}); name a "
+                                "row by its exact label, or write a method the paper reports and no row runs with "
+                                "`not_implemented: true`")
+            if claim.miou_delta is not None and not claim.not_implemented and not has_baseline:
+                problems.append(f"{where}.miou_delta: a gain over the no-distillation row needs a row of method "
+                                "`none` in this suite")
+            cell = (claim.student, claim.method)
+            if cell in seen:
+                problems.append(f"{where}: claims the same cell as claims[{seen[cell]}] ({claim.student} / "
+                                f"{claim.method}); give one claim per cell")
+            seen.setdefault(cell, index)
+        if problems:
+            raise ValueError("\n".join(problems))
 
     def settings(self) -> dict[str, Any]:
         """The keys a protocol fact may name, resolved as a run stores them."""
@@ -635,6 +686,63 @@ class Suite(Strict):
                 deviations.append({"fact": fact_name, "setting": fact.setting, "card": fact.value, "ran": node})
         return deviations
 
+    @property
+    def protocol_reference(self) -> str | None:
+        """What :meth:`run_deviations` compares with: ``recipe FILE`` or ``suite file FILE`` (None: nothing)."""
+        return self._reference_name
+
+    def protocol_view(self, student: int | None = None, method: int | None = None,
+                      teacher: str | None = None) -> dict[str, Any]:
+        """The protocol settings of one run, flat (``schedule.lr``, ``methods.1.hparams.temperature``): every key of
+        ``dataset`` but ``root``, of ``schedule`` but :data:`NOT_PROTOCOL`, of the run's teacher (its schedule and
+        dataset resolved), student ``students.<i>`` and method row ``methods.<j>`` (resolved hyperparameters)."""
+        view: dict[str, Any] = {}
+        _flatten(view, "dataset", {k: v for k, v in self.dataset.resolved().items() if k != "root"})
+        _flatten(view, "schedule", _protocol_schedule(self.schedule))
+        if teacher is not None and teacher in self.teachers:
+            config = self.teachers[teacher].model_dump()
+            config["schedule"] = _protocol_schedule(self.teacher_schedule(teacher))
+            config["dataset"] = {k: v for k, v in self.teacher_dataset(teacher).resolved().items() if k != "root"}
+            _flatten(view, f"teachers.{teacher}", config)
+        if student is not None and student < len(self.students):
+            _flatten(view, f"students.{student}", self.students[student].model_dump())
+        if method is not None and method < len(self.methods):
+            row = self.methods[method]
+            for index, component in enumerate(row.parts()):
+                prefix = f"methods.{method}" if row.components is None else f"methods.{method}.components.{index}"
+                view[f"{prefix}.name"] = component.name
+                if row.components is not None:
+                    view[f"{prefix}.key"] = component.key
+                _flatten(view, f"{prefix}.hparams", component.resolved_hparams())
+        return _jsonable(view)
+
+    def run_deviations(self, student: int | None = None, method: int | None = None,
+                       teacher: str | None = None) -> list[dict[str, Any]]:
+        """Where one run's protocol settings (:meth:`protocol_view`) differ from the reference's (the recipe's, or
+        the suite file's: :attr:`protocol_reference`): ``{"setting", "reference", "ran", "by"}`` each, ``by`` being
+        ``--set`` or ``suite file``, plus ``fact`` where the protocol card names that setting. A teacher's schedule
+        or dataset key that only follows the suite's (the same difference) is listed once, under the suite's key."""
+        if self._reference is None:
+            return []
+        ran = self.protocol_view(student, method, teacher)
+        expected = self._reference.protocol_view(student, method, teacher)
+        facts = {fact.setting: name for name, fact in (self.protocol.facts.items() if self.protocol else ())
+                 if fact.setting}
+        deviations = []
+        for key in list(dict.fromkeys([*expected, *ran])):
+            reference, value = expected.get(key, NOT_SET), ran.get(key, NOT_SET)
+            if reference == value or (key.endswith(_WEIGHT_KEYS) and _same_weights(reference, value)):
+                continue
+            parts = key.split(".")
+            if parts[0] == "teachers" and len(parts) > 3 and parts[2] in ("schedule", "dataset"):
+                suite_key = ".".join(parts[2:])
+                if (expected.get(suite_key, NOT_SET), ran.get(suite_key, NOT_SET)) == (reference, value):
+                    continue
+            by = "--set" if any(key == o or key.startswith(o + ".") for o in self._overridden) else "suite file"
+            deviations.append({"setting": key, "reference": reference, "ran": value, "by": by,
+                               **({"fact": facts[key]} if key in facts else {})})
+        return deviations
+
     def protocol_record(self) -> dict[str, Any] | None:
         """The card as the report shows it: facts in order, each with the value this suite runs where it differs."""
         if self.protocol is None:
@@ -647,17 +755,13 @@ class Suite(Strict):
 
     def _check_checkpoint_preprocessing(self) -> None:
         """An authors' checkpoint is only right with the input preprocessing its code trained it with."""
-        from benchmark.convert import FORMAT_NORMALIZATION
-
         refs = [(f"teachers.{key}", teacher) for key, teacher in self.teachers.items()]
         refs += [(f"students[{index}]", student) for index, student in enumerate(self.students)]
         for where, ref in refs:
-            needed = FORMAT_NORMALIZATION.get(ref.checkpoint_format)
-            if needed is not None and self.dataset.normalization != needed:
-                raise ValueError(
-                    f"{where}.checkpoint_format {ref.checkpoint_format!r} needs dataset.normalization: {needed} "
-                    f"({_NORMALIZATION_MEANING[needed]}), the input its authors' code trained it on; this suite has "
-                    f"dataset.normalization: {self.dataset.normalization}. Set `dataset.normalization: {needed}`.")
+            problem = normalization_problem(f"{where}.checkpoint_format", ref.checkpoint_format,
+                                            self.dataset.normalization)
+            if problem:
+                raise ValueError(problem)
 
     def teacher_for(self, student: StudentConfig) -> str | None:
         if student.teacher is not None:
@@ -683,10 +787,65 @@ class Suite(Strict):
         return self.table.title if self.table else self.name
 
 
+# --- protocol deviations ---------------------------------------------------------------------------
+
+#: Schedule keys that change no number (logging, and the resume point: a resumed run ends with the numbers of an
+#: uninterrupted one), so they are not protocol settings.
+NOT_PROTOCOL = frozenset({"log_every", "checkpoint_every"})
+#: A key one side of a comparison does not have (a model option the other sets, say).
+NOT_SET = "(not set)"
+#: Settings naming a weights file: the same bytes under another path are the same weights.
+_WEIGHT_KEYS = (".checkpoint", ".options.pretrained")
+
+
+def _protocol_schedule(schedule: ScheduleConfig) -> dict[str, Any]:
+    return {k: v for k, v in schedule.model_dump().items() if k not in NOT_PROTOCOL}
+
+
+def _flatten(out: dict[str, Any], prefix: str, value: Any) -> None:
+    """Nested mappings as dotted keys (lists stay whole values: a crop, a list of points)."""
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            _flatten(out, f"{prefix}.{key}", item)
+    elif not isinstance(value, dict):
+        out[prefix] = value
+
+
+def _same_weights(a: Any, b: Any) -> bool:
+    return isinstance(a, str) and isinstance(b, str) and _file_digest_cached(*_stat(a)) == _file_digest_cached(*_stat(b))
+
+
+def _stat(path: str) -> tuple[str, int, int]:
+    expanded = os.path.abspath(os.path.expanduser(os.path.expandvars(path)))
+    try:
+        stat = os.stat(expanded)
+    except OSError:
+        return expanded, -1, -1
+    return expanded, stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest_cached(path: str, size: int, mtime_ns: int) -> str:
+    """A file's digest, read once per (path, size, modification time); a missing file is its path."""
+    return f"missing:{path}" if size < 0 or not os.path.isfile(path) else file_digest(path)
+
+
 # --- run specs -------------------------------------------------------------------------------------
 
 
 _NORMALIZATION_MEANING = {"bgr_mean": "BGR 0-255 minus the mean, no std", "imagenet": "RGB, ImageNet mean and std"}
+
+
+def normalization_problem(where: str, checkpoint_format: str, normalization: str) -> str | None:
+    """Why a checkpoint of ``checkpoint_format`` is wrong under ``dataset.normalization`` (None: it is right)."""
+    from benchmark.convert import FORMAT_NORMALIZATION
+
+    needed = FORMAT_NORMALIZATION.get(checkpoint_format)
+    if needed is None or normalization == needed:
+        return None
+    return (f"{where} {checkpoint_format!r} needs dataset.normalization: {needed} ({_NORMALIZATION_MEANING[needed]}), "
+            f"the input its authors' code trained it on; this suite has dataset.normalization: {normalization}. Set "
+            f"`dataset.normalization: {needed}`.")
 
 
 @dataclass(frozen=True)
@@ -713,6 +872,10 @@ class RunSpec:
     student_checkpoint: dict[str, str] | None = None
     #: A run of the equal-compute view: how its iteration count was derived (:mod:`benchmark.compute`).
     compute: dict[str, Any] | None = None
+    #: Where this run leaves its protocol (:meth:`Suite.run_deviations`) and what it was compared with; not part of
+    #: the key (they describe the configuration, they do not change it).
+    protocol_deviations: list[dict[str, Any]] = field(default_factory=list)
+    protocol_reference: str | None = None
 
     @property
     def needs_teacher(self) -> bool:
@@ -750,15 +913,16 @@ def expand(suite: Suite) -> tuple[list[RunSpec], dict[str, TeacherSpec]]:
         teachers[label] = TeacherSpec(key="teacher-" + config_key(config), label=label, config=config,
                                       checkpoint=teacher.checkpoint)
     runs = []
-    for student in suite.students:
+    for s_index, student in enumerate(suite.students):
         student_config: dict[str, Any] = {"name": student.model, "options": _jsonable(student.options)}
         initial = None
         if student.checkpoint:  # the initial weights change the result: in the key by content and format
             student_config["checkpoint"] = {"sha256": _checkpoint_digest(student.checkpoint),
                                             "format": student.checkpoint_format}
             initial = {"path": student.checkpoint, "format": student.checkpoint_format}
-        for method in suite.methods:
+        for m_index, method in enumerate(suite.methods):
             teacher = teachers[suite.teacher_for(student)] if method.needs_teacher else None
+            deviations = suite.run_deviations(s_index, m_index, teacher.label if teacher else None)
             for seed in suite.seeds:
                 config = {
                     "dataset": dataset_in_key,
@@ -773,7 +937,8 @@ def expand(suite: Suite) -> tuple[list[RunSpec], dict[str, TeacherSpec]]:
                 runs.append(RunSpec(key=config_key(config), suite=suite.name, table=suite.title,
                                     student=student.model, method_label=method.row_label, seed=seed, config=config,
                                     teacher=teacher, dataset_root=suite.dataset.root,
-                                    runtime=suite.runtime.model_dump(), student_checkpoint=initial))
+                                    runtime=suite.runtime.model_dump(), student_checkpoint=initial,
+                                    protocol_deviations=deviations, protocol_reference=suite.protocol_reference))
     return runs, teachers
 
 
@@ -797,7 +962,7 @@ class SuiteFile:
 
 def load_suite(path: str | os.PathLike, overrides: list[str] | None = None) -> SuiteFile:
     """Read, compose, override and validate a suite file; raise :class:`SuiteError` on any problem."""
-    path = Path(path)
+    path = Path(path).expanduser().resolve()  # messages and records name the file absolutely
     raw = _read_yaml(path)
     if "include" in raw:
         extra = sorted(set(raw) - {"include", "name", "description"})
@@ -813,8 +978,9 @@ def load_suite(path: str | os.PathLike, overrides: list[str] | None = None) -> S
             parts.extend(load_suite(child, overrides).parts)
         _check_distinct_cells(path, parts)
         return SuiteFile(path=path, name=name, parts=parts, description=raw.get("description", ""))
-    data = _compose(path, raw, seen=(path.resolve(),))
+    data = _compose(path, raw, seen=(path,))
     data.setdefault("name", path.stem)
+    file_data = data
     if not overrides:
         suite = _validate(path, data)
         _check_card(path, suite)
@@ -829,8 +995,81 @@ def load_suite(path: str | os.PathLike, overrides: list[str] | None = None) -> S
         data = copy.deepcopy(data)
         for override in overrides:
             _apply_override(path, data, override)
-        suite = _validate(path, data)
+        try:
+            suite = _validate(path, data)
+        except SuiteError as error:
+            if base is None or "claims[" not in str(error):
+                raise
+            raise SuiteError(f"{error}\n(the suite file's claims name cells that --set removed; to try other "
+                             "students or rows without the paper's numbers, add --set claims=[])") from None
+    _attach_reference(path, raw, file_data, data, suite, overrides or [])
     return SuiteFile(path=path, name=suite.name, parts=[suite], description=suite.description)
+
+
+#: The suite keys protocol settings live under; a recipe states the first three (students and methods are the
+#: table's own, compared with the suite file).
+_RECIPE_BLOCKS = ("dataset", "schedule", "teachers")
+_PROTOCOL_BLOCKS = (*_RECIPE_BLOCKS, "students", "methods")
+
+
+def _attach_reference(path: Path, raw: dict[str, Any], file_data: dict[str, Any], data: dict[str, Any], suite: Suite,
+                      overrides: list[str]) -> None:
+    """Give ``suite`` what its runs are compared with for protocol deviations: its recipe (the nearest file up the
+    ``extends`` chain that states a ``protocol:`` card, else the file it extends) for the dataset, schedule and
+    teachers, and the suite file for its students and method rows; a suite without a recipe but with claims is
+    compared with the suite file alone; one with neither, with nothing."""
+    recipe = _recipe_of(path, raw)
+    if recipe is None and not suite.claims:
+        return
+    reference = copy.deepcopy(data)  # the non-protocol keys (name, runtime, ...) as they run
+    reference["claims"] = []  # they name cells of the suite as it runs, and change no setting
+    for block in _PROTOCOL_BLOCKS:
+        if block in file_data:
+            reference[block] = copy.deepcopy(file_data[block])
+        else:
+            reference.pop(block, None)
+    name = f"suite file {path}"
+    if recipe is not None:
+        recipe_path, recipe_data = recipe
+        name = f"recipe {recipe_path}"
+        for block in _RECIPE_BLOCKS:
+            if block not in recipe_data:
+                continue
+            if block == "teachers":  # a teacher the recipe does not name is the suite's own
+                reference[block] = {label: copy.deepcopy(recipe_data[block].get(label, teacher))
+                                    for label, teacher in (reference.get(block) or {}).items()}
+            else:
+                reference[block] = copy.deepcopy(recipe_data[block])
+    if isinstance(reference.get("dataset"), dict):  # where the data lies is not protocol
+        reference["dataset"]["root"] = (data.get("dataset") or {}).get("root")
+    try:
+        suite._reference = Suite(**reference)
+    except (ValidationError, UnknownNameError) as error:
+        detail = _format_validation(path, error) if isinstance(error, ValidationError) else str(error)
+        raise SuiteError(f"{path}: its runs cannot be compared with the {name} they should follow, which does not "
+                         f"validate with the suite's students and methods:\n{detail}") from None
+    suite._reference_name = name
+    suite._overridden = tuple(o.partition("=")[0] for o in overrides)
+
+
+def _recipe_of(path: Path, raw: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
+    """(file, composed data) of a suite's recipe: the nearest file up its ``extends`` chain whose own text states a
+    ``protocol:`` card, else the file it extends; None for a suite that extends nothing."""
+    first = None
+    current_path, current = path, raw
+    seen = (path,)
+    while current.get("extends") is not None:
+        base_path = _resolve(current_path, current["extends"], "extends")
+        if base_path in seen:
+            break  # a cycle: _compose has reported it
+        seen += (base_path,)
+        base = _read_yaml(base_path)
+        if first is None:
+            first = base_path, base
+        if "protocol" in base:
+            return base_path, _compose(base_path, base, seen=(base_path,))
+        current_path, current = base_path, base
+    return (first[0], _compose(first[0], first[1], seen=(first[0],))) if first else None
 
 
 def _validate(path: Path, data: dict[str, Any]) -> Suite:
@@ -893,21 +1132,34 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def _apply_override(path: Path, data: dict[str, Any], override: str) -> None:
-    """``a.b.c=VALUE`` with VALUE parsed as YAML (so ``2``, ``[64, 64]``, ``null`` keep their types)."""
-    if "=" not in override:
-        raise SuiteError(f"--set {override!r}: expected KEY.PATH=VALUE")
+    """``a.b.c=VALUE`` with VALUE parsed as YAML (so ``2``, ``[64, 64]``, ``null`` keep their types); a list is
+    indexed by position (``methods.1.hparams.temperature=4``)."""
     key_path, _, text = override.partition("=")
+    keys = key_path.split(".")
+    if "=" not in override or not all(keys):
+        raise SuiteError(f"--set {override!r}: expected KEY.PATH=VALUE, e.g. schedule.iterations=100")
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise SuiteError(f"--set {override!r}: value is not valid YAML: {error}") from None
-    node = data
-    keys = key_path.split(".")
-    for key in keys[:-1]:
-        if not isinstance(node.get(key), dict):
-            node[key] = {}
-        node = node[key]
-    node[keys[-1]] = value
+    node: Any = data
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            where = ".".join(keys[:depth])
+            if not key.isdigit():
+                raise SuiteError(f"--set {override!r}: {where} is a list; index it by position (0 to "
+                                 f"{len(node) - 1}), not {key!r}")
+            if int(key) >= len(node):
+                raise SuiteError(f"--set {override!r}: index {key} is out of range: {where} has {len(node)} "
+                                 f"item(s) (0 to {len(node) - 1})")
+            key = int(key)
+        if last:
+            node[key] = value
+        else:
+            if not isinstance(node[key] if isinstance(node, list) else node.get(key), (dict, list)):
+                node[key] = {}
+            node = node[key]
 
 
 def _check_distinct_cells(path: Path, parts: list[Suite]) -> None:
@@ -933,13 +1185,46 @@ def _format_validation(path: Path, error: ValidationError) -> str:
         location = _location(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown key (not allowed here; check its spelling and indentation)"
+            hint = did_you_mean(str(item["loc"][-1]), _allowed_keys(item["loc"]))
+            message = f"unknown key{hint} (not allowed here; check its spelling and indentation)"
         elif item["type"] == "missing":
             message = "required key is missing"
         elif "input" in item and item["type"] not in ("value_error",):
             message = f"{message}, got {item['input']!r}"
-        lines.append(f"{path}: {location or '(top level)'}: {message}")
+        if location:
+            lines.append(f"{path}: {location}: {message}")
+        else:  # a check across keys: its message names the key path of each problem, one per line
+            lines += [f"{path}: {line}" for line in message.splitlines()]
     return "\n".join(lines)
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The keys a suite may write where ``loc`` (a pydantic error location, ending in the unknown key) points."""
+    annotation: Any = Suite
+    for part in loc[:-1]:
+        if isinstance(part, str) and part.startswith(("function-", "tagged")):
+            continue
+        model = _model_in(annotation)
+        if model is not None and isinstance(part, str) and part in model.model_fields:
+            annotation = model.model_fields[part].annotation
+            continue
+        containers = [arg for arg in _union_args(annotation) if get_origin(arg) in (list, dict)]
+        if not containers:
+            return []
+        annotation = get_args(containers[0])[-1]  # list[X] by position, dict[str, X] by key
+    model = _model_in(annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _union_args(annotation: Any) -> tuple:
+    return get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    for arg in _union_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
 
 
 def _first_message(error: ValidationError) -> str:

@@ -131,7 +131,7 @@ def test_local_executor_with_two_workers_finishes_every_run_teacher_first(tmp_pa
 
 
 def test_a_requeued_local_job_resumes_and_ends_with_the_numbers_of_an_uninterrupted_run(tmp_path):
-    data = {**MINI, "methods": [{"name": "none"}],
+    data = {**MINI, "methods": [{"name": "none"}], "claims": [],
             "schedule": {**MINI["schedule"], "iterations": 30, "checkpoint_every": 5, "eval_every": 10}}
     suite = write_suite(tmp_path, data)
     local = ("--executor", "local", "--workers", "1")
@@ -164,7 +164,7 @@ def test_a_job_started_on_another_commit_says_so_in_its_log_and_record(tmp_path,
     for name, value in {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "123", "SUBMITIT_LOCAL_NTASKS": "1",
                         "SUBMITIT_LOCAL_GLOBALID": "0", "SUBMITIT_LOCAL_LOCALID": "0"}.items():
         monkeypatch.setenv(name, value)
-    suite = write_suite(tmp_path, {**MINI, "methods": [{"name": "none"}]})
+    suite = write_suite(tmp_path, {**MINI, "methods": [{"name": "none"}], "claims": []})
     from benchmark.runner import make_plan
     from benchmark.suite import load_suite
 
@@ -330,7 +330,7 @@ def test_a_process_told_to_stop_waits_in_no_barrier_and_leaves_its_run_to_resume
         raise SystemExit(-1)
 
     monkeypatch.setattr(benchmark.runner, "run_training", stopped)
-    suite = write_suite(tmp_path, {**MINI, "methods": [{"name": "none"}]})
+    suite = write_suite(tmp_path, {**MINI, "methods": [{"name": "none"}], "claims": []})
     with pytest.raises(SystemExit):
         main(["run", str(suite), "--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")])
     assert not barriers
@@ -343,7 +343,7 @@ def test_a_process_told_to_stop_waits_in_no_barrier_and_leaves_its_run_to_resume
 def test_a_run_on_two_devices_is_one_job_of_two_tasks_with_ranks_from_the_job(tmp_path, capsys):
     """resources.gpus: 2 makes one job of two tasks; on CPU they join a gloo group through submitit's
     TorchDistributedEnvironment (MASTER_ADDR the job's host, MASTER_PORT seeded by the job id)."""
-    suite = write_suite(tmp_path, {**MINI, "methods": [{"name": "none"}], "schedule": {**MINI["schedule"],
+    suite = write_suite(tmp_path, {**MINI, "methods": [{"name": "none"}], "claims": [], "schedule": {**MINI["schedule"],
                                                                                         "batch_size": 2}})
     assert main(["run", str(suite), "--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports"),
                  "--executor", "local", "--workers", "1", "--set", "resources.gpus=2"]) == 0

@@ -231,7 +231,7 @@ def test_a_failed_run_still_flushes_its_events(tmp_path, monkeypatch):
         raise RuntimeError("evaluation broke")
 
     monkeypatch.setattr(train, "evaluate", broken)
-    assert run_mini(tmp_path, MINI) == 0
+    assert run_mini(tmp_path, MINI) == 1  # a failed run: exit 1
     (folder,) = (tmp_path / "results" / "mini" / "runs").iterdir()
     assert json.loads((folder / "status.json").read_text())["status"] == "failed"
     assert set(scalars(board_folder(folder))["loss/total"]) == {2}  # logged before the evaluation at 3 failed

@@ -79,7 +79,7 @@ def test_run_stores_records_reports_and_skips_finished_runs(tmp_path, capsys):
 
 
 def test_same_seed_same_numbers_and_different_seed_differs(tmp_path):
-    data = {**MINI, "methods": [{"name": "none"}], "seeds": [0, 1]}
+    data = {**MINI, "methods": [{"name": "none"}], "claims": [], "seeds": [0, 1]}
     scores = []
     for attempt in ("a", "b"):
         results = tmp_path / attempt
@@ -95,7 +95,7 @@ def test_a_failed_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys, monkey
     import methods.kd
 
     monkeypatch.setattr(methods.kd, "pixel_kd", lambda s, t, temperature: (s * float("nan")).mean())
-    assert run_cli(tmp_path, write_suite(tmp_path, MINI)) == 0
+    assert run_cli(tmp_path, write_suite(tmp_path, MINI)) == 1
     out = capsys.readouterr().out
     assert "FAILED: NonFiniteLossError" in out
     _, finished, unfinished = load_records(tmp_path / "results" / "mini")
@@ -106,7 +106,7 @@ def test_a_failed_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys, monkey
 
 
 def test_resume_is_strict_about_checkpoint_keys(tmp_path, capsys):
-    data = {**MINI, "methods": [{"name": "none"}]}
+    data = {**MINI, "methods": [{"name": "none"}], "claims": []}
     suite = write_suite(tmp_path, data)
     assert run_cli(tmp_path, suite) == 0
     run_dir = next((tmp_path / "results" / "mini" / "runs").iterdir())
@@ -116,7 +116,7 @@ def test_resume_is_strict_about_checkpoint_keys(tmp_path, capsys):
     torch.save(state, run_dir / "checkpoint.pt")
     (run_dir / "metrics.json").rename(run_dir / "old-metrics.json")
     capsys.readouterr()
-    assert run_cli(tmp_path, suite) == 0
+    assert run_cli(tmp_path, suite) == 1
     out = capsys.readouterr().out
     assert "FAILED" in out and "checkpoint.pt" in out
     assert "missing keys: classifier.bias" in out and "unexpected keys: unexpected.weight" in out
@@ -189,8 +189,8 @@ def test_student_frozen_steps_train_only_the_method(tmp_path):
     from benchmark.engine.train import build_method, seed_everything
     from benchmark.registry import MODELS
 
-    data = {**MINI, "methods": [{"name": "attnfd", "hparams": {"connector_warmup_epochs": 1,
-                                                               "teacher_attention": "untrained"}}],
+    data = {**MINI, "claims": [], "methods": [{"name": "attnfd", "hparams": {"connector_warmup_epochs": 1,
+                                                                             "teacher_attention": "untrained"}}],
             "schedule": {**MINI["schedule"], "iterations": 2, "eval_every": 0, "checkpoint_every": 2}}
     assert run_cli(tmp_path, write_suite(tmp_path, data)) == 0
     run_dir = next((tmp_path / "results" / "mini" / "runs").iterdir())
@@ -210,7 +210,7 @@ def test_student_frozen_steps_train_only_the_method(tmp_path):
 
 def test_worker_count_changes_neither_the_run_key_nor_the_numbers(tmp_path):
     """Augmentation is seeded per sample, so decoding in 2 worker processes gives the in-process numbers."""
-    data = {**MINI, "methods": [{"name": "none"}]}
+    data = {**MINI, "methods": [{"name": "none"}], "claims": []}
     suite = write_suite(tmp_path, data)
     records = []
     for workers in (0, 2):

@@ -5,6 +5,7 @@ Recipe presets (``suites/recipes/``) are partial suites: they are validated thro
 
 from __future__ import annotations
 
+import csv
 import html
 import os
 import subprocess
@@ -116,8 +117,12 @@ def test_plan_paper_tables_offline(tmp_path):
 # --- one paper suite, end to end, on the real CamVid (a few images, tiny models) ------------------------------------
 
 E2E_SUITE = SUITES / "cirkd_readme_camvid.yaml"
-#: The paper models are too slow on two CPU cores: swap in the smoke models, keep everything else of the suite.
-TINY = ["--set", "teachers={teacher: {model: tiny_teacher}}", "--set", "students=[{model: tiny_student}]"]
+#: The paper models are too slow on two CPU cores: swap in the smoke models (each claim re-pointed at the one that
+#: stands for its student, by list index), keep everything else of the suite.
+TINY = ["--set", "teachers={teacher: {model: tiny_teacher}}",
+        "--set", "students=[{model: tiny_student}, {model: tiny_student_narrow}]",
+        "--set", "claims.0.student=tiny_student", "--set", "claims.1.student=tiny_student",
+        "--set", "claims.2.student=tiny_student_narrow", "--set", "claims.3.student=tiny_student_narrow"]
 
 
 @pytest.mark.skipif(not os.path.isdir(CAMVID_ROOT), reason=f"CamVid not found at {CAMVID_ROOT}")
@@ -138,3 +143,8 @@ def test_paper_suite_end_to_end_on_camvid(tmp_path):
     for claim in suite.claims:
         text = fmt_claim(claim.model_dump())
         assert text in page or html.escape(text) in page, f"claim {claim.student} / {claim.method} ({text}) not shown"
+    # Other students, a schedule of 2 iterations: every claimed row is compared, marked, and never "reproduced".
+    rows = list(csv.DictReader((reports / suite.name / "tables.csv").open()))
+    claimed = [row for row in rows if row["claim_miou"]]
+    assert len(claimed) == 4 and all(row["status_kind"] == "off protocol" for row in claimed), claimed
+    assert all("schedule.iterations 40000 → 2 (--set)" in row["protocol_deviations"] for row in claimed), claimed

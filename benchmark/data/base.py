@@ -37,7 +37,7 @@ class CheckReport:
         return not self.problems
 
     def message(self, limit: int = 20) -> str:
-        lines = [f"dataset {self.dataset!r} at {self.root}:"]
+        lines = [f"dataset {self.dataset!r}" + (f" at {self.root}:" if self.root is not None else ":")]
         lines += [f"  {split}: {count} pairs" for split, count in self.counts.items()]
         if self.problems:
             lines.append(f"  {len(self.problems)} problem(s):")
@@ -64,6 +64,8 @@ class DatasetSpec:
     #: Largest crop (height, width) that makes sense; the suite validator rejects larger crops.
     max_crop: tuple[int, int] = (4096, 4096)
     needs_root: bool = True
+    #: Where the README expects a copy, relative to the working directory (``data check`` without ``--root``).
+    default_root: str | None = None
     ignore_index: int = IGNORE_INDEX
 
     def build(self, split: str, root: Path | None, **options: Any) -> Dataset:

@@ -47,6 +47,7 @@ HELP = f"""\
 
 class CamVidSpec(RealDatasetSpec):
     name = "camvid"
+    default_root = "data/CamVid"
     num_classes = 11
     class_names = CLASS_NAMES
     palette = PALETTE

@@ -56,6 +56,7 @@ HELP = """\
 
 class CityscapesSpec(RealDatasetSpec):
     name = "cityscapes"
+    default_root = "data/cityscapes"
     num_classes = 19
     class_names = CLASS_NAMES
     palette = PALETTE

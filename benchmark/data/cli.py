@@ -16,8 +16,13 @@ from benchmark.registry import DATASETS, UnknownNameError
 OK, PROBLEMS, USAGE = 0, 1, 2
 
 
+DESCRIPTION = ("Check a dataset copy (count image/label pairs per split, name every missing, truncated or mislabelled "
+               "file) or prepare one (voc_aug: convert SBD and write the train_aug list; camvid: optionally download). "
+               "Exit code 0: ok, 1: problems found, 2: bad usage.")
+
+
 def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    data = subparsers.add_parser("data", help="check or prepare a dataset", description=__doc__)
+    data = subparsers.add_parser("data", help="check or prepare a dataset", description=DESCRIPTION)
     commands = data.add_subparsers(dest="data_command", metavar="{check,prepare}")
     data.set_defaults(func=lambda args: _usage(data))
 
@@ -28,7 +33,8 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "Exit code 0: ok, 1: problems (each names the file and what was expected), 2: bad usage.",
     )
     check.add_argument("name", help="dataset name (cityscapes, voc_aug, camvid, ...)")
-    check.add_argument("--root", type=Path, help="dataset root directory")
+    check.add_argument("--root", type=Path,
+                       help="dataset root directory (default: where the README expects it, e.g. data/CamVid)")
     check.add_argument(
         "--split", action="append", dest="splits", metavar="SPLIT",
         help="split to check, e.g. train, val, train+val (repeatable; default: the splits the suites use)",
@@ -81,8 +87,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         }.items()
         if value
     }  # fmt: skip
+    root = args.root
+    if root is None and spec.needs_root:
+        if spec.default_root is None:
+            print(f"error: dataset {args.name!r} needs --root DIR, the directory holding it", file=sys.stderr)
+            return USAGE
+        root = Path(spec.default_root)
+        print(f"no --root given: checking the default location {spec.default_root} ({root.resolve()}); give "
+              "--root DIR for another one", file=sys.stderr)
     try:
-        report = spec.check(args.root, **options)
+        report = spec.check(root, **options)
     except (DatasetError, TypeError) as error:  # unknown split, or an option this dataset's check does not take
         print(f"error: {error}", file=sys.stderr)
         return USAGE

@@ -346,7 +346,7 @@ def check_counts(scan: SplitScan, expected: int | None, subset: int | None, part
 
 
 def build_report(name: str, root: Path | None, scans: Iterable[SplitScan]) -> CheckReport:
-    report = CheckReport(dataset=name, root=str(root) if root is not None else None)
+    report = CheckReport(dataset=name, root=str(Path(root).expanduser().resolve()) if root is not None else None)
     for scan in scans:
         report.counts[scan.split] = len(scan.samples)
         report.problems += [f"{scan.split}: {problem}" for problem in scan.problems]
@@ -377,11 +377,13 @@ class RealDatasetSpec(DatasetSpec):
     def resolve_root(self, root: Path | str | None) -> Path:
         if root is None:
             raise DatasetError(
-                f"dataset {self.name!r} needs a root directory (data.root in the suite, --root)\n{self.help}"
+                f"dataset {self.name!r} needs a root directory (`dataset.root` in a suite, `--root DIR` for "
+                f"`data check`)\n{self.help}"
             )
-        root = Path(root).expanduser()
+        root = Path(root).expanduser().resolve()
         if not root.is_dir():
-            raise DatasetError(f"dataset {self.name!r}: root {root} is not a directory\n{self.help}")
+            raise DatasetError(f"dataset {self.name!r}: root {root} is not a directory (set it with `dataset.root` in "
+                               f"a suite, `--root DIR` for `data check`)\n{self.help}")
         return root
 
     def build(self, split: str, root: Path | None, subset: int | None = None, partial: bool = False, **options: Any):

@@ -18,7 +18,6 @@ holds class indices 0..20) are converted to PNG once by :func:`prepare_voc_aug`.
 from __future__ import annotations
 
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import MappingProxyType
@@ -26,6 +25,7 @@ from types import MappingProxyType
 import numpy as np
 from PIL import Image
 
+from benchmark.atomic import create_temp
 from benchmark.data.base import DatasetError
 from benchmark.data.common import LabelEncoding, RealDatasetSpec, SplitScan, fetch_archive, format_values, read_label
 from benchmark.registry import DATASETS
@@ -88,6 +88,7 @@ def read_ids(path: Path) -> list[str]:
 
 class VOCAugSpec(RealDatasetSpec):
     name = "voc_aug"
+    default_root = "data/VOCdevkit/VOC2012"
     num_classes = 21
     class_names = CLASS_NAMES
     palette = PALETTE
@@ -180,7 +181,7 @@ def read_sbd_mat(path: Path) -> np.ndarray:
 
 def _write_png(array: np.ndarray, path: Path) -> None:
     """Write a mode L PNG through a temporary file, so that an interrupted run leaves no half-written label."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".png.part")
+    handle, temp = create_temp(path.parent, prefix=f".{path.stem}.", suffix=".png.part")
     os.close(handle)
     try:
         Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(temp, format="PNG")
@@ -257,7 +258,7 @@ def prepare_voc_aug(voc: Path, sbd: Path, *, workers: int = 4, download: bool = 
             f"voc_aug: {len(errors)} of {len(ids)} labels could not be written:\n  " + "\n  ".join(errors[:20])
         )
     list_path = sets / "train_aug.txt"
-    handle, temp = tempfile.mkstemp(dir=sets, suffix=".txt.part")
+    handle, temp = create_temp(sets, prefix=".train_aug.", suffix=".txt.part")
     with os.fdopen(handle, "w") as out:
         out.write("".join(f"{image_id}\n" for image_id in ids))
     os.replace(temp, list_path)

@@ -297,7 +297,7 @@ def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: 
         scores = evaluate_on(selection_split, student)
         state["history"].append({"iteration": iteration, "split": selection_split, "miou": scores["miou"]})
         board.evaluation(iteration, selection_split, scores["miou"])
-        log.info("%s: iteration %d: %s mIoU %.4f", job.name, iteration, selection_split, scores["miou"])
+        log.info("%s: iteration %d: %s mIoU %.2f%%", job.name, iteration, selection_split, 100 * scores["miou"])
         best = state["best"]
         if best is None or scores["miou"] > best["selection_miou"]:
             state["best"] = {"iteration": iteration, "selection_miou": scores["miou"], "scores": scores}
@@ -368,8 +368,8 @@ def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: 
         raise RuntimeError(f"the loader stopped at iteration {iteration} of {total}")
 
     final = evaluate_on(eval_split, student)
-    log.info("%s: final %s mIoU %.4f, pixel accuracy %.4f", job.name, eval_split, final["miou"],
-             final["pixel_accuracy"])
+    log.info("%s: final %s mIoU %.2f%%, pixel accuracy %.2f%%", job.name, eval_split, 100 * final["miou"],
+             100 * final["pixel_accuracy"])
     best_record = None
     if selection_split:
         if selection_split == eval_split:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmark.report.tables import (
+    DEVIATION_MARK,
     TOLERANCE,
     PartView,
     Report,
@@ -18,12 +19,12 @@ _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": 
             "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
             ">": r"\textgreater{}", "|": r"\textbar{}", "\n": " "}
 _UNICODE = {"±": r"$\pm$", "–": "--", "−": "$-$", "…": r"\ldots{}", "τ": r"$\tau$", "Δ": r"$\Delta$",
-            "×": r"$\times$", "⚠": r"$^{\dagger}$", "α": r"$\alpha$"}
+            "×": r"$\times$", "⚠": r"$^{\dagger}$", "‡": r"$^{\ddagger}$", "→": r"$\rightarrow$", "α": r"$\alpha$"}
 
 
 def tex(text) -> str:
     """Escape LaTeX specials, then spell the report's own symbols (±, –, τ, Δ) in math mode."""
-    out = "".join(_SPECIAL.get(char, char) for char in str(text))
+    out = "".join(_SPECIAL.get(char, char) for char in str(text)).replace("--", "-{}-")  # `--set`, not an en dash
     for char, repl in _UNICODE.items():
         out = out.replace(char, repl)
     return "{}" + out if out.startswith("[") else out  # "\\ [" would read as a row-spacing argument
@@ -51,6 +52,7 @@ def comparison_tabular(view: PartView) -> list[str]:
                 parts += [""] * width
                 continue
             reproduced = cell["reproduced"] + (" [best]" if cell["compared_on"] == "best" and cell["has_runs"] else "")
+            reproduced += f" {DEVIATION_MARK}" if cell["deviations"] else ""
             parts += [tex(cell["claimed"]), tex(reproduced), tex(cell["delta"] + (" ⚠" if cell["flag"] else ""))]
             if gains:
                 gain = cell["reproduced_gain"] + (" [best]" if cell["gain_compared_on"] == "best" else "")
@@ -65,6 +67,10 @@ def comparison_tabular(view: PartView) -> list[str]:
         note += (" Claimed gain: the paper's gain over the no-distillation row of the same student; reproduced gain: "
                  "paired gain over none (mean over seeds [95% CI]) on the same checkpoint; Δ gain = reproduced gain "
                  "− claimed gain, marked by the same rule. Kendall's τ ranks only claims with an absolute mIoU.")
+    deviating = [f"{row['method']} / {student}: {cell['deviations']} (compared with the {cell['deviation_reference']})"
+                 for row in rows for student, cell in zip(students, row["cells"]) if cell and cell["deviations"]]
+    if deviating:
+        note += f" {DEVIATION_MARK}: off protocol, not a reproduction: " + "; ".join(deviating) + "."
     taus = "; ".join(f"{r['student']}: Kendall {r['text']}" for r in view.rankings)
     lines += [r"\par\smallskip", r"{\footnotesize " + tex(note) + (" " + tex(taus) if taus else "") + "}",
               r"\par\medskip", ""]

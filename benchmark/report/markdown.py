@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmark.report.tables import (
+    DEVIATION_MARK,
     TOLERANCE,
     PartView,
     Report,
@@ -53,6 +54,7 @@ def comparison_lines(view: PartView) -> list[str]:
                 continue
             claimed = cell["claimed"] + (f" ({cell['checkpoint']})" if cell["claimed"] != "–" else "")
             reproduced = cell["reproduced"] + (" [best]" if cell["compared_on"] == "best" and cell["has_runs"] else "")
+            reproduced += f" {DEVIATION_MARK}" if cell["deviations"] else ""
             delta = cell["delta"] + (" ⚠" if cell["flag"] else "")
             line += [claimed, reproduced, delta]
             if gains:
@@ -71,9 +73,15 @@ def comparison_lines(view: PartView) -> list[str]:
                 notes.append(f"⚠ {row['method']} / {student} (gain over none): {cell['gain_flag']}.")
             if cell and cell["protocol_differs"]:
                 notes.append(f"{row['method']} / {student}: claim protocol differs: {cell['protocol']}.")
+            if cell and cell["deviations"]:
+                notes.append(f"{DEVIATION_MARK} {row['method']} / {student}: off protocol, not a reproduction (compared "
+                             f"with the {cell['deviation_reference']}): {cell['deviations']}.")
     lines += [f"- {esc(n)}" for n in notes] + ([""] if notes else [])
+    marked = any(cell and cell["deviations"] for row in rows for cell in row["cells"])
     lines += [esc(f"Δ = reproduced − claimed, on the checkpoint the claim states ([best] = best on the selection "
-                  f"split, else last); ⚠ = outside the paper's ± or more than {TOLERANCE:g} mIoU away."), ""]
+                  f"split, else last); ⚠ = outside the paper's ± or more than {TOLERANCE:g} mIoU away"
+                  + (f"; {DEVIATION_MARK} = its runs left the protocol (listed above), so it is no reproduction."
+                     if marked else ".")), ""]
     if gains:
         lines += [esc("Claimed gain: the paper's gain over the no-distillation row of the same student; reproduced "
                       "gain: paired gain over none (mean over seeds [95% CI]) on the checkpoint the claim states; "
@@ -92,8 +100,10 @@ def results_lines(view: PartView, student: str) -> list[str]:
               f"mIoU best ({selected})", "paired gain best", "p (Holm) best", "PixAcc", "Params (M)", "GFLOPs",
               "Extra params", "GPU-h", "Claimed", "Δ claim", "Status"]
     rows = [[r.method, str(r.n), r.final_text, r.delta_none_text, r.gain_text, r.p_text, r.mde_text, r.best_text,
-             r.gain_best_text, r.p_best_text, r.pa_text, r.params_text, r.gflops_text, r.method_params_text, r.device_hours_text, r.claim_text,
-             r.claim_delta_text + (" ⚠" if r.flag else ""), r.status + (f" ({r.failed} failed)" if r.failed and r.n
+             r.gain_best_text, r.p_best_text, r.pa_text, r.params_text, r.gflops_text, r.method_params_text,
+             r.device_hours_text, r.claim_text,
+             r.claim_delta_text + (" ⚠" if r.flag else "") + (f" {DEVIATION_MARK}" if r.deviations and r.n and r.claim else ""),
+             r.status + (f" ({r.failed} failed)" if r.failed and r.n
                                                                          else "")] for r in frame.itertuples()]
     return table(header, rows)
 

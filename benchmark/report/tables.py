@@ -16,10 +16,14 @@ Conventions (stated in the report too):
 - paired tests against the baseline, Holm's correction, the minimal detectable effect: :mod:`.significance`.
 - a claimed gain (``miou_delta``, points over ``none``) is compared with the reproduced paired gain on the
   checkpoint the claim states, with the same mark rule; Kendall's τ ranks only claims with an absolute mIoU.
+- a row whose runs left their protocol (a record's ``protocol_deviations``: a setting that differs from the
+  recipe or the suite file, :meth:`benchmark.suite.Suite.run_deviations`) is marked ‡ with its list wherever
+  it is compared with a claim, and its status is "off protocol (...)" instead of "reproduced".
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +45,12 @@ NO_CLAIM = "no claim"
 REPRODUCED = "reproduced"
 #: The rule words after the status (which rule judged the claim): see :func:`row_status`.
 IN_INTERVAL, IN_TOLERANCE, OUT_OF_TOLERANCE = "within our 95% interval", "within tolerance", "outside tolerance"
+OFF_PROTOCOL = "off protocol"
+#: The mark of a row whose runs left their protocol, next to every number compared with a claim.
+DEVIATION_MARK = "‡"
 #: What a row's status can be, in the order the report counts them (``status_kind`` of a row).
-STATUS_KINDS = ("reproduced", "below claim", "above claim", "not comparable", "no claim", "not run", "failed",
-                "not implemented", "student not in suite")
+STATUS_KINDS = ("reproduced", "below claim", "above claim", "not comparable", OFF_PROTOCOL, "no claim", "not run",
+                "failed", "not implemented", "student not in suite")
 
 
 # --- statistics -----------------------------------------------------------------------------------------
@@ -152,6 +159,15 @@ def fmt_claim_gain(claim: dict[str, Any] | None) -> str:
     return text
 
 
+def fmt_deviation(deviation: dict[str, Any]) -> str:
+    """``schedule.iterations 40000 → 100 (--set)``: one protocol setting a run changed, as its record holds it."""
+    def value(v) -> str:
+        return v if isinstance(v, str) else json.dumps(v)
+
+    return f"{deviation.get('setting')} {value(deviation.get('reference'))} → {value(deviation.get('ran'))} " \
+           f"({deviation.get('by', '?')})"
+
+
 def fmt_gain(mean, low, high, n, digits: int = 2) -> str:
     """A reproduced paired gain: as :func:`fmt_ci`, but one pair still shows its value ('+1.23 (n=1, no CI)')."""
     if n == 1 and finite(mean):
@@ -177,7 +193,7 @@ RUN_COLUMNS = [
     "params", "flops", "gflops", "flops_input_size", "method_params",
     "device_hours", "wall_seconds", "seconds_per_iteration", "peak_memory_bytes", "peak_memory_kind",
     "device", "world_size", "iterations", "git_commit", "git_dirty", "torch_version", "teacher_key",
-    "method_hparams",
+    "method_hparams", "protocol_deviations", "protocol_reference",
 ]
 
 
@@ -237,6 +253,8 @@ def tidy_runs(records: list[dict[str, Any]]) -> pd.DataFrame:
             "method_hparams": "; ".join(
                 f"{c.get('name')}(" + ", ".join(f"{k}={v}" for k, v in sorted((c.get("hparams") or {}).items())) + ")"
                 for c in components),
+            "protocol_deviations": "; ".join(fmt_deviation(d) for d in record.get("protocol_deviations") or []),
+            "protocol_reference": record.get("protocol_reference"),
             "class_names": list(record.get("class_names") or []),
             "per_class_iou": [_pct(v) for v in (final.get("per_class_iou") or [])],
             "history": list(record.get("history") or []),
@@ -479,6 +497,10 @@ def cells(runs: pd.DataFrame, part: PartInfo, unfinished: list[dict[str, Any]]) 
                 "flops_input_size": own["flops_input_size"].iloc[0] if len(own) else None,
                 "method_params": own["method_params"].iloc[0] if len(own) else math.nan,
                 "device_hours": hours[0],
+                # What its runs changed of their protocol (every seed's, once), and what they were compared with.
+                "deviations": "; ".join(dict.fromkeys(d for text in own["protocol_deviations"] if text
+                                                      for d in text.split("; "))),
+                "deviation_reference": ", ".join(sorted({r for r in own["protocol_reference"] if r})),
                 "delta_none": final[0] - base_mean if method != part.baseline else math.nan,
                 "delta_none_best": best[0] - base_best_mean if method != part.baseline else math.nan,
             }
@@ -561,6 +583,12 @@ def row_status(row: dict[str, Any], implemented: bool, in_suite: bool, expected:
         detail = ", ".join(f"{count} {name}" for name, count in sorted(pending.items()))
         return NOT_RUN + (f" ({detail})" if detail else ""), "not run"
     seeds = f" ({n} of {expected} seeds)" if n < expected else ""
+    if row.get("deviations") and (finite(row["claim_miou"]) or finite(row["claim_gain"])):
+        # Not the paper's protocol: the comparison is shown, marked, but never called a reproduction.
+        text, kind = row_status({**row, "deviations": ""}, implemented, in_suite, expected, pending)
+        if kind == "reproduced":
+            text = text.replace(REPRODUCED, "matches the claim", 1)
+        return f"{OFF_PROTOCOL}: {text}", OFF_PROTOCOL
     if finite(row["claim_miou"]):
         delta, flag, what, word = row["claim_delta"], row["flag"], "claim", REPRODUCED
     elif finite(row["claim_gain"]):
@@ -753,7 +781,7 @@ def rankings(frame: pd.DataFrame) -> list[dict[str, Any]]:
     for student in dict.fromkeys(frame["student"]):
         sub = frame[(frame["student"] == student) & frame["claim_miou"].notna() & frame["reproduced"].notna()]
         tau, p, n = kendall(sub["claim_miou"].tolist(), sub["reproduced"].tolist())
-        methods = sub["method"].tolist()
+        methods = [m + (f" {DEVIATION_MARK}" if d else "") for m, d in zip(sub["method"], sub["deviations"])]
         claimed_rank = sub["claim_miou"].rank(ascending=False, method="min").astype(int).tolist()
         reproduced_rank = sub["reproduced"].rank(ascending=False, method="min").astype(int).tolist()
         rows = sorted(zip(claimed_rank, reproduced_rank, methods, sub["claim_miou"], sub["reproduced"]),
@@ -822,7 +850,7 @@ def rows_frame(report: Report) -> pd.DataFrame:
                "claim_checkpoint": "claim_checkpoint", "compared_on": "compared_on", "reproduced": "reproduced",
                "claim_delta": "claim_delta", "reproduced_gain": "reproduced_gain", "gain_delta": "gain_delta",
                "flag": "flag", "gain_flag": "gain_flag", "status": "status", "status_kind": "status_kind",
-               "status_rule": "status_rule"}
+               "status_rule": "status_rule", "deviations": "protocol_deviations"}
     frames = []
     for view in report.parts:
         if view.cells.empty:
@@ -1141,6 +1169,8 @@ def comparison_grid(view: PartView) -> tuple[list[str], list[dict[str, Any]]]:
                 "gain_flag": r["gain_flag"],
                 "status": r["status"],
                 "has_runs": bool(has_runs),
+                "deviations": r["deviations"] if has_runs else "",
+                "deviation_reference": r["deviation_reference"] if has_runs else "",
             })
         implemented = bool(frame[frame["method"] == method]["implemented"].iloc[0])
         rows.append({"method": method, "implemented": implemented, "cells": cells_})
