@@ -51,7 +51,7 @@ def profile_run(suite, run: RunSpec, device: torch.device, steps: int = 3) -> fl
     from benchmark.engine.train import build_method
 
     num_classes = DATASETS.get(suite.dataset.name).num_classes
-    student = MODELS.get(run.student)(num_classes, **_without_weights(run.config["student"]["options"]))
+    student = MODELS.get(run.student)(num_classes, **_without_weights(run.student_options))
     teacher = None
     if run.teacher:
         config = suite.teachers[run.teacher.label]
@@ -161,7 +161,7 @@ class FlopsGuess:
     def iteration_macs(self, suite, run: RunSpec) -> float | None:
         num_classes = DATASETS.get(suite.dataset.name).num_classes
         crop = tuple(suite.dataset.crop)
-        student = self.model_macs(run.student, run.config["student"]["options"], num_classes, crop)
+        student = self.model_macs(run.student, run.student_options, num_classes, crop)
         teacher = 0.0
         if run.teacher:
             config = suite.teachers[run.teacher.label]

@@ -404,7 +404,7 @@ class Runner:
                        dataset=part.suite.dataset.resolved(), dataset_root=run.dataset_root,
                        schedule=ScheduleConfig(**run.config["schedule"]) if run.compute else part.suite.schedule,
                        model_name=run.student,
-                       model_options=run.config["student"]["options"], seed=run.seed,
+                       model_options=run.student_options, seed=run.seed,
                        methods=run.config["method"]["components"], teacher=teacher, runtime=run.runtime,
                        qualitative=self.qualitative(part.suite),
                        board_name=folder_name(run.suite, run.student, run.method_label, f"seed{run.seed}",

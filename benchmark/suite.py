@@ -870,6 +870,8 @@ class RunSpec:
     runtime: dict[str, Any] = field(default_factory=dict)
     #: The student's initial weights: ``{"path", "format"}`` (None: the builder's own initialisation).
     student_checkpoint: dict[str, str] | None = None
+    #: The student's builder options as the suite gives them (paths as paths); ``config`` holds them by content.
+    student_options: dict[str, Any] = field(default_factory=dict)
     #: A run of the equal-compute view: how its iteration count was derived (:mod:`benchmark.compute`).
     compute: dict[str, Any] | None = None
     #: Where this run leaves its protocol (:meth:`Suite.run_deviations`) and what it was compared with; not part of
@@ -902,7 +904,7 @@ def expand(suite: Suite) -> tuple[list[RunSpec], dict[str, TeacherSpec]]:
     teachers: dict[str, TeacherSpec] = {}
     for label, teacher in suite.teachers.items():
         teacher_dataset = {k: v for k, v in suite.teacher_dataset(label).resolved().items() if k != "root"}
-        config = {"dataset": teacher_dataset, "model": teacher.model, "model_options": _jsonable(teacher.options),
+        config = {"dataset": teacher_dataset, "model": teacher.model, "model_options": options_in_key(teacher.options),
                   "seed": teacher.seed}
         if teacher.checkpoint:
             config["checkpoint_sha256"] = _checkpoint_digest(teacher.checkpoint)
@@ -914,7 +916,7 @@ def expand(suite: Suite) -> tuple[list[RunSpec], dict[str, TeacherSpec]]:
                                       checkpoint=teacher.checkpoint)
     runs = []
     for s_index, student in enumerate(suite.students):
-        student_config: dict[str, Any] = {"name": student.model, "options": _jsonable(student.options)}
+        student_config: dict[str, Any] = {"name": student.model, "options": options_in_key(student.options)}
         initial = None
         if student.checkpoint:  # the initial weights change the result: in the key by content and format
             student_config["checkpoint"] = {"sha256": _checkpoint_digest(student.checkpoint),
@@ -938,8 +940,33 @@ def expand(suite: Suite) -> tuple[list[RunSpec], dict[str, TeacherSpec]]:
                                     student=student.model, method_label=method.row_label, seed=seed, config=config,
                                     teacher=teacher, dataset_root=suite.dataset.root,
                                     runtime=suite.runtime.model_dump(), student_checkpoint=initial,
+                                    student_options=_jsonable(student.options),
                                     protocol_deviations=deviations, protocol_reference=suite.protocol_reference))
     return runs, teachers
+
+
+def options_in_key(options: dict[str, Any]) -> dict[str, Any]:
+    """A model's builder options as they enter a run key: ImageNet weights given as a path are named by content, so
+    moving the file keeps the key and replacing the weights at the same path changes it."""
+    options = _jsonable(options)
+    weights = options.get("pretrained")
+    if isinstance(weights, str):
+        options["pretrained"] = _weights_identity(weights)
+    return options
+
+
+def _weights_identity(weights: str) -> dict[str, str] | str:
+    """A weights file by its digest; a cache directory by the names and sizes of the weight files it holds (the
+    Hugging Face cache names its blobs by their sha256, so for a hub cache this is content too)."""
+    path = Path(os.path.expanduser(os.path.expandvars(weights)))
+    if path.is_file():
+        return {"sha256": file_digest(str(path))}
+    if path.is_dir():
+        listing = sorted((str(f.relative_to(path)), f.stat().st_size) for f in path.rglob("*")
+                         if f.is_file() and f.suffix in (".pth", ".pt", ".bin", ".safetensors", "") and
+                         not f.name.startswith("."))
+        return {"directory_sha256": hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]}
+    return f"missing:{path}"
 
 
 def _checkpoint_digest(checkpoint: str) -> str:

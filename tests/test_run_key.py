@@ -158,11 +158,11 @@ NOT_DRAWN = {
     "dataset.options": "drawn per option above",
     "schedule.epochs": "the alternative to iterations; test below",
     "teachers": "drawn per field above",
-    "teachers.t.options": "tiny models take only `pretrained`, which they refuse",
+    "teachers.t.options": "tiny models take only `pretrained`: by content when a path (test below)",
     "teachers.t.checkpoint": "by content, not by path: test below",
     "teachers.t.schedule": "drawn per field above",
     "students": "drawn per field above",
-    "students.0.options": "tiny models take only `pretrained`, which they refuse",
+    "students.0.options": "tiny models take only `pretrained`: by content when a path (test below)",
     "students.0.teacher": "the only teacher, named or not: the same run (test below)",
     "methods": "drawn per field above",
     "methods.1.name": "another method is another row",
@@ -312,6 +312,28 @@ def test_teacher_checkpoint_is_keyed_by_content_not_path(tmp_path):
         "a loaded teacher is not trained: its schedule changes nothing")
     other = with_checkpoint(tmp_path / "other.pt")
     assert other[TEACHER] != original[TEACHER] and other[KD] != original[KD] and other[NONE] == original[NONE]
+
+
+@pytest.mark.parametrize("role", ["students", "teachers"])
+def test_imagenet_weights_given_as_a_path_are_keyed_by_content_not_path(tmp_path, role):
+    torch.save({"w": torch.ones(3)}, tmp_path / "a.pth")
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "b.pth").write_bytes((tmp_path / "a.pth").read_bytes())
+
+    def with_weights(path: Path) -> dict:
+        data = copy.deepcopy(BASE)
+        if role == "students":
+            data["students"][0]["options"] = {"pretrained": str(path)}
+        else:
+            data["teachers"]["t"]["options"] = {"pretrained": str(path)}
+        return keys_of(data)
+
+    original = with_weights(tmp_path / "a.pth")
+    assert with_weights(tmp_path / "moved" / "b.pth") == original, "moving the weights file keeps every key"
+    torch.save({"w": torch.zeros(3)}, tmp_path / "a.pth")  # other weights at the same path
+    replaced = with_weights(tmp_path / "a.pth")
+    changed = {TEACHER, KD} if role == "teachers" else {KD, NONE}
+    assert {name for name in ALL if replaced[name] != original[name]} == changed
 
 
 @pytest.mark.parametrize("change", ["order", "key"])
