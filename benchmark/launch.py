@@ -54,6 +54,7 @@ from benchmark.runner import (
     Plan,
     Runner,
     _silent,
+    check_resume_precision,
     environment,
     make_plan,
     preflight,
@@ -326,6 +327,7 @@ def run_local(suite_file: SuiteFile, overrides: list[str], results_root: str | P
     gpus_per_run = per_run.pop()
     cores = _cores()
     slots = device_slots(workers, gpus_per_run, visible_gpus(), cores)
+    check_resume_precision(plan, torch.device("cuda" if slots[0] else "cpu"))
     tasks = max(1, gpus_per_run)
     threads = max(1, cores // (len(slots) * tasks))
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # a cap the user set for this machine is kept

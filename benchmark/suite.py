@@ -234,6 +234,16 @@ class RuntimeConfig(Strict):
     num_workers: StrictInt = 0
     amp: Literal["auto", "bf16", "off"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
+    #: ``torch.compile`` the student and the teacher (in place: hooks, state dicts and checkpoints as in eager).
+    compile: StrictBool = False
+
+    @field_validator("amp", "channels_last", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value, info):
+        # YAML 1.1 reads an unquoted `off` / `on` as a boolean: `amp: off` means the word, as the docs write it.
+        if value is False:
+            return "off"
+        return "on" if value is True and info.field_name == "channels_last" else value
 
 
 class ReportConfig(Strict):
