@@ -47,6 +47,8 @@ from benchmark.suite import ScheduleConfig
 from methods.base import Batch, CompositeMethod
 
 TASK_TERMS = ("ce", "aux_ce")
+#: The loop's log line at every ``log_every`` step, right after its one host sync (``perf`` clocks the loop by it).
+ITERATION_LOG = "%s: iteration %d/%d lr %.3g %s"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -396,7 +398,7 @@ def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: 
                 raise NonFiniteLossError(f"non-finite loss at iteration {iteration}: {means}")
             state["last_losses"] = means
             progress.set_postfix(loss=f"{means['total']:.4f}")
-            log.info("%s: iteration %d/%d lr %.3g %s", job.name, iteration, total, scheduler.get_last_lr()[0],
+            log.info(ITERATION_LOG, job.name, iteration, total, scheduler.get_last_lr()[0],
                      " ".join(f"{k}={v:.4f}" for k, v in means.items()))
             board.training(iteration, means, optimizer)
         state["elapsed"] = elapsed_before + time.perf_counter() - started
