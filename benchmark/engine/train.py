@@ -34,7 +34,7 @@ from benchmark.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from benchmark.engine.loader import eval_loader, iterations_per_epoch, train_loader
+from benchmark.engine.loader import eval_loader, iterations_per_epoch, train_loader, worker_count
 from benchmark.engine.predictions import QualitativePlan, save_predictions
 from benchmark.engine.prepare import run_prepare
 from benchmark.engine.step import step_losses
@@ -283,8 +283,6 @@ def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: 
         set_rng_state(saved["rng"])
         state = saved["progress"]
         log.info("%s: resumed from %s at iteration %d", job.name, checkpoint_path, state["iteration"])
-    log.info("%s: trains and evaluates in %s on %s%s", job.name, precision, device,
-             ", channels_last" if channels_last else "")
     board.start(state["iteration"])
     if teacher is not None:
         teacher.train(method.teacher_train_mode)
@@ -305,8 +303,11 @@ def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: 
              dataset_cfg["label_pad"], dataset_cfg["gaussian_blur"], schedule.head_lr_mult,
              f" / {task_divisor} (batch average)" if task_divisor != 1 else " pixel mean",
              "authors' KD" if authors_forward else "plain")
-    num_workers = int(job.runtime.get("num_workers", 0))
+    num_workers = worker_count(job.runtime.get("num_workers", 0), device.type)
     pin = device.type == "cuda"
+    log.info("%s: trains and evaluates in %s on %s%s%s, %d loader worker(s)", job.name, precision, device,
+             ", channels_last" if channels_last else "", ", compiled" if job.runtime.get("compile") else "",
+             num_workers)
 
     def batches(seed: int, start: int, stop: int):
         loader = train_loader(train_set, train_transform, schedule.batch_size, seed, stop, start, num_workers, pin,
