@@ -1,4 +1,4 @@
-"""``runtime`` settings resolved per device: loader workers, fused optimizers, YAML's on/off."""
+"""``runtime`` settings resolved per device (loader workers, fused optimizers), and the synthetic data cache."""
 
 from __future__ import annotations
 
@@ -41,3 +41,21 @@ def test_optimizers_are_fused_on_cuda_only(kind):
     assert not make_optimizer(schedule, student, method).defaults.get("fused")
     # Built only (CPU parameters): what matters is that a CUDA device asks for the fused kernels.
     assert make_optimizer(schedule, student, method, torch.device("cuda")).defaults["fused"] is True
+
+
+def test_synthetic_samples_come_from_the_cache_unchanged_and_the_cache_is_bounded(monkeypatch):
+    from benchmark.data import synthetic
+
+    monkeypatch.setattr(synthetic, "_RENDERED", {})
+    monkeypatch.setattr(synthetic, "_rendered_bytes", 0)
+    dataset = synthetic.SyntheticSegmentation(split_seed=77, length=4, size=24)
+    first = dataset[1]
+    first[0].zero_()  # a transform working in place must not reach the cache
+    again = dataset[1]
+    image, label = synthetic.render(78, 24)
+    assert torch.equal(again[0].permute(1, 2, 0), torch.from_numpy(image))
+    assert torch.equal(again[1], torch.from_numpy(label)) and again[1].dtype == torch.int64
+    assert list(synthetic._RENDERED) == [(78, 24)]
+    monkeypatch.setattr(synthetic, "_RENDERED_MAX_BYTES", synthetic._rendered_bytes)  # full: render, do not keep
+    assert torch.equal(dataset[2][1], torch.from_numpy(synthetic.render(79, 24)[1]))
+    assert list(synthetic._RENDERED) == [(78, 24)]
