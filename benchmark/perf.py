@@ -17,7 +17,8 @@ in even repeats, plain first in odd ones) and repeat, since single measurements 
 phases (data, teacher forward, student forward, loss terms, backward, optimizer step): CUDA events on a GPU (no
 host sync until read), ``perf_counter`` on a CPU. On CUDA also images/s and model FLOP utilisation: fvcore's
 count of the teacher's forward and three student forwards per image (forward + backward), times 2 (fvcore counts
-a multiply-add as one FLOP, a GPU's peak counts it as two), against the device's dense bf16 peak.
+a multiply-add as one FLOP, a GPU's peak counts it as two), against the device's dense bf16 peak, and where the
+harness waits for the GPU inside its timed iterations (CUDA's sync debug mode; the logging step's is expected).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import linecache
 import logging
 import math
 import statistics
 import tempfile
 import time
-from collections import defaultdict
+import warnings
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,25 +232,50 @@ class Bench:
 
 
 class IterationClock(logging.Handler):
-    """``perf_counter`` at each of the loop's ``ITERATION_LOG`` lines, by iteration."""
+    """``perf_counter`` at each of the loop's ``ITERATION_LOG`` lines, by iteration. With ``audit`` (CUDA): CUDA's
+    sync debug mode warns at every host sync between the lines of iterations ``audit[0]`` and ``audit[1]``."""
 
-    def __init__(self):
+    def __init__(self, audit: tuple[int, int] | None = None):
         super().__init__()
         self.at: dict[int, float] = {}
+        self.audit = audit
 
     def emit(self, record: logging.LogRecord) -> None:
         from benchmark.engine.train import ITERATION_LOG
 
         if record.msg == ITERATION_LOG:
-            self.at[int(record.args[1])] = time.perf_counter()
+            iteration = int(record.args[1])
+            self.at[iteration] = time.perf_counter()
+            if self.audit and iteration in self.audit:
+                torch.cuda.set_sync_debug_mode("warn" if iteration == self.audit[0] else "default")
 
 
 def harness_seconds(bench: Bench, teacher: nn.Module, workers: int, compiled: bool) -> float:
     """Seconds per iteration of ``run_training`` over iterations N+1..2N (a real run in a scratch folder)."""
+    return _harness(bench, teacher, workers, compiled, IterationClock())
+
+
+def sync_audit(bench: Bench, teacher: nn.Module, workers: int) -> Counter:
+    """Where the harness waits for the GPU during iterations N+1..2N: ``file:line`` -> count, from CUDA's sync
+    debug mode. The loop's one sync at the logging step (iteration 2N) is expected; any other is a finding."""
+    clock = IterationClock(audit=(bench.setting.iterations, 2 * bench.setting.iterations))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            _harness(bench, teacher, workers, False, clock)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    places = Counter()
+    for warning in caught:
+        if "synchroniz" in str(warning.message):
+            places[f"{warning.filename}:{warning.lineno}"] += 1
+    return places
+
+
+def _harness(bench: Bench, teacher: nn.Module, workers: int, compiled: bool, clock: IterationClock) -> float:
     from benchmark.engine.train import TrainJob, run_training
 
     n = bench.setting.iterations
-    clock = IterationClock()
     with tempfile.TemporaryDirectory(prefix="segkd-perf-") as folder:
         log = logging.getLogger(f"segkd.perf.{id(clock)}")
         log.setLevel(logging.INFO)
@@ -460,6 +488,13 @@ def run_perf(setting: PerfSetting, echo=print) -> dict[str, Any]:
     _sweep_summary(results, echo)
     if device.type == "cuda":
         _utilisation(bench, results, echo)
+        places = sync_audit(bench, copy.deepcopy(bench.teacher), setting.num_workers[-1])
+        results["host_syncs"] = dict(places)
+        echo(f"host syncs in the harness's timed iterations (CUDA sync debug mode; the logging step's .item() at "
+             f"iteration {2 * n} is the expected one): " + ("none" if not places else ""))
+        for place, count in places.most_common():
+            filename, line = place.rsplit(":", 1)
+            echo(f"  {count:4d} x {place}: {linecache.getline(filename, int(line)).strip()}")
     best = min(results["runs"], key=lambda r: statistics.median(r["harness_s"]))
     clock = PhaseClock(device)
     per_iteration = plain_seconds(bench, copy.deepcopy(bench.teacher), best["num_workers"], best["compiled"], clock)

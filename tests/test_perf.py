@@ -75,6 +75,33 @@ def test_perf_rejects_bad_input_before_measuring(capsys, tmp_path):
     assert "camvid" in err and "nowhere" in err and "--dataset synthetic" in err
 
 
+def test_the_sync_audit_watches_exactly_the_timed_iterations(monkeypatch):
+    """CUDA's sync debug mode is on from the logging line of iteration N to that of 2N, and each sync's warning is
+    counted by where it happened (a CPU stands in: the mode switch and the warnings are faked)."""
+    import logging
+    import warnings
+
+    from benchmark import perf
+    from benchmark.engine.train import ITERATION_LOG
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def fake_harness(bench, teacher, workers, compiled, clock):
+        for iteration in range(1, 7):
+            if modes and modes[-1] == "warn":
+                warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+            clock.emit(logging.LogRecord("t", logging.INFO, __file__, 0, ITERATION_LOG,
+                                         ("perf", iteration, 6, 0.1, ""), None))
+        return 0.0
+
+    monkeypatch.setattr(perf, "_harness", fake_harness)
+    bench = type("B", (), {"setting": PerfSetting(iterations=3)})()
+    places = perf.sync_audit(bench, None, 0)
+    assert modes == ["warn", "default", "default"]  # on at 3, off at 6, and off again however it ends
+    assert sum(places.values()) == 3 and all(place.startswith(__file__) for place in places)  # iterations 4, 5, 6
+
+
 def test_bf16_peaks_by_device_name():
     assert bf16_peak("NVIDIA H100 PCIe")[0] == 756.0
     assert bf16_peak("NVIDIA H100 80GB HBM3")[0] == 989.0
