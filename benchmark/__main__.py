@@ -150,8 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     from benchmark.data.cli import add_data_parser
+    from benchmark.perf import add_perf_parser
 
     add_data_parser(commands)
+    add_perf_parser(commands)
 
     convert = commands.add_parser(
         "convert-checkpoint", help="convert an authors' released checkpoint (CIRKD, pytorch-deeplab-xception) into "

@@ -23,6 +23,11 @@ def count_flops(model: nn.Module, input_size: tuple[int, int]) -> int:
 
     was_training = model.training
     model.eval()
+    # A model compiled in place (runtime.compile) calls its compiled code, which fvcore's jit trace cannot follow:
+    # count its eager call (the same operations), then put the compiled one back.
+    compiled = getattr(model, "_compiled_call_impl", None)
+    if compiled is not None:
+        model._compiled_call_impl = None
     try:
         device = next(model.parameters()).device
         images = torch.zeros(1, 3, *input_size, device=device)
@@ -35,6 +40,8 @@ def count_flops(model: nn.Module, input_size: tuple[int, int]) -> int:
             return int(analysis.total())
     finally:
         model.train(was_training)
+        if compiled is not None:
+            model._compiled_call_impl = compiled
 
 
 def profile_step(student: nn.Module, teacher: nn.Module | None, method: nn.Module, crop: tuple[int, int],

@@ -55,6 +55,7 @@ from benchmark.runner import (
     Runner,
     SuiteOutcome,
     _silent,
+    check_resume_precision,
     deviation_lines,
     echo_failures,
     environment,
@@ -331,6 +332,7 @@ def run_local(suite_file: SuiteFile, overrides: list[str], results_root: str | P
     gpus_per_run = per_run.pop()
     cores = _cores()
     slots = device_slots(workers, gpus_per_run, visible_gpus(), cores)
+    check_resume_precision(plan, torch.device("cuda" if slots[0] else "cpu"))
     tasks = max(1, gpus_per_run)
     threads = max(1, cores // (len(slots) * tasks))
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # a cap the user set for this machine is kept

@@ -33,7 +33,13 @@ from benchmark.cost import FLOPS_CONVENTION, count_flops
 from benchmark.data.base import DatasetError
 from benchmark.engine import distributed
 from benchmark.engine.board import folder_name
-from benchmark.engine.checkpoint import CheckpointError, load_checkpoint, load_state_strict
+from benchmark.engine.checkpoint import (
+    CheckpointError,
+    check_precision,
+    load_checkpoint,
+    load_state_strict,
+    stored_precision,
+)
 from benchmark.engine.predictions import QualitativePlan, samples_folder, save_teacher_predictions
 from benchmark.engine.train import NonFiniteLossError, TrainJob, run_training
 from benchmark.lock import describe
@@ -153,6 +159,32 @@ def _check_qualitative_indices(plan: Plan) -> None:
             check_indices(indices, length, f"{plan.suite_file.path}: {part.suite.name}: report.qualitative_indices")
         except ValueError as error:
             raise PreflightError(str(error)) from None
+
+
+def check_resume_precision(plan: Plan, device: torch.device) -> None:
+    """Before anything trains: every interrupted run and teacher this process would resume continues in the precision
+    its checkpoint was trained in (``runtime.amp`` is not part of a key, so the key cannot say). Raise PreflightError
+    naming each one and both precisions."""
+    from benchmark.engine.train import resolved_precision
+
+    problems, seen = [], set()
+    for part in plan.parts:
+        folders = [(f"teacher {spec.label}", plan.store.teacher(spec.key)) for spec in part.teachers.values()
+                   if not spec.checkpoint]
+        folders += [(f"{run.suite}: {run.student} / {run.method_label} / seed {run.seed}", plan.run_folder(run))
+                    for run in part.runs]
+        for label, folder in folders:
+            if folder.path in seen or folder.done or not folder.checkpoint_path.is_file():
+                continue
+            seen.add(folder.path)
+            try:
+                check_precision(f"{label} ({folder.path.name})", folder.checkpoint_path,
+                                stored_precision(folder.checkpoint_path),
+                                resolved_precision(device, part.suite.runtime.model_dump()))
+            except CheckpointError as error:
+                problems.append(str(error))
+    if problems:
+        raise PreflightError(f"{plan.suite_file.path}: nothing was trained:\n" + "\n".join(problems))
 
 
 def _weighted_model(name: str, options: dict[str, Any], num_classes: int) -> SegmentationModel:
@@ -544,6 +576,7 @@ def run_suite(suite_file: SuiteFile, results_root: str | Path = "results", repor
     plan = make_plan(suite_file, results_root)
     preflight(plan)
     device = device or distributed.setup()
+    check_resume_precision(plan, device)
     if not distributed.is_main():
         echo = _silent
     for line in deviation_lines(plan.parts):

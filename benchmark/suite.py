@@ -235,9 +235,27 @@ class ScheduleConfig(Strict):
 class RuntimeConfig(Strict):
     """How to run, not what: never part of a run key (results must not depend on these)."""
 
-    num_workers: StrictInt = 0
+    #: DataLoader workers; "auto": none on a CPU, up to 8 per GPU process (:func:`benchmark.engine.loader.worker_count`).
+    num_workers: StrictInt | Literal["auto"] = "auto"
     amp: Literal["auto", "bf16", "off"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
+    #: ``torch.compile`` the student and the teacher (in place: hooks, state dicts and checkpoints as in eager).
+    compile: StrictBool = False
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, value):
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"expected a number of workers >= 0 or 'auto', got {value}")
+        return value
+
+    @field_validator("amp", "channels_last", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value, info):
+        # YAML 1.1 reads an unquoted `off` / `on` as a boolean: `amp: off` means the word, as the docs write it.
+        if value is False:
+            return "off"
+        return "on" if value is True and info.field_name == "channels_last" else value
 
 
 class ReportConfig(Strict):

@@ -189,7 +189,8 @@ class DistillationMethod(nn.Module):
         self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], batch: Batch
     ) -> dict[str, float]:
         """Called after the student's optimizer step, with detached student features, for parts trained
-        by the method's own optimizer (adversarial discriminators). Returns scalars to log."""
+        by the method's own optimizer (adversarial discriminators). Returns scalars to log, as 0-dim tensors
+        (a Python float would need a host sync inside the step)."""
         return {}
 
     def student_optimizer_parameters(self) -> Iterable[nn.Parameter]:

@@ -243,7 +243,7 @@ class HolisticAdversarialTerm(nn.Module):
         return self.lambda_d * loss
 
     def discriminator_step(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                           batch: Batch) -> dict[str, float]:
+                           batch: Batch) -> dict[str, torch.Tensor]:
         images = batch.images
         optimizer = self.optimizer
         for group in optimizer.param_groups:
@@ -254,7 +254,7 @@ class HolisticAdversarialTerm(nn.Module):
             loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return {"d_loss": loss.detach().item()}
+        return {"d_loss": loss.detach()}  # a tensor: .item() here would wait for the GPU at every step
 
     def own_parameter_ids(self) -> set[int]:
         return {id(p) for p in self.discriminator.parameters()}

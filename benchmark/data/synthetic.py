@@ -87,6 +87,30 @@ def render(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
+#: Rendered samples kept per process, (seed, size) -> (image, label as uint8): a run of the smoke suite reads each
+#: training image about five times and every run of a suite reads the same images, so rendering them again was a
+#: tenth of a small model's run. Bounded, so a large synthetic configuration renders on demand instead.
+_RENDERED: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+_RENDERED_MAX_BYTES = 256 * 2**20
+_rendered_bytes = 0
+
+
+def rendered(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render`, from this process's cache when it holds the sample (the arrays are read-only)."""
+    global _rendered_bytes
+    key = (seed, size)
+    if key in _RENDERED:
+        return _RENDERED[key]
+    image, label = render(seed, size)
+    sample = image, label.astype(np.uint8)  # class ids 0..6
+    if _rendered_bytes + image.nbytes + label.size <= _RENDERED_MAX_BYTES:
+        for array in sample:
+            array.flags.writeable = False
+        _RENDERED[key] = sample
+        _rendered_bytes += image.nbytes + label.size
+    return sample
+
+
 class SyntheticSegmentation(Dataset):
     def __init__(self, split_seed: int, length: int, size: int):
         self.split_seed, self.length, self.size = split_seed, length, size
@@ -97,8 +121,10 @@ class SyntheticSegmentation(Dataset):
     def __getitem__(self, index: int):
         if not 0 <= index < self.length:
             raise IndexError(index)
-        image, label = render(self.split_seed + index, self.size)
-        return tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(label))
+        image, label = rendered(self.split_seed + index, self.size)
+        # Copies: the transforms may work in place, and the cached arrays stay as rendered.
+        return (tv_tensors.Image(torch.tensor(image).permute(2, 0, 1)),
+                tv_tensors.Mask(torch.tensor(label, dtype=torch.int64)))
 
 
 class SyntheticSpec(DatasetSpec):

@@ -68,6 +68,30 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} cannot be read: {error}") from None
 
 
+class PrecisionMismatchError(CheckpointError):
+    """A run's checkpoint was trained in another precision than this process would continue it in."""
+
+
+def stored_precision(path: Path) -> str | None:
+    """The precision a checkpoint was trained in (``"bf16"``/``"fp32"``); None for one written before it was stored.
+
+    Memory-mapped, so only the few bytes of this key are read, not the tensors.
+    """
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True).get("precision")
+    except Exception as error:  # noqa: BLE001 - a truncated or foreign file: say which
+        raise CheckpointError(f"checkpoint {path} cannot be read: {error}") from None
+
+
+def check_precision(run: str, path: Path, stored: str | None, precision: str) -> None:
+    """Refuse to continue a run in another precision than its checkpoint's: its numbers would mix both."""
+    if stored is not None and stored != precision:
+        raise PrecisionMismatchError(
+            f"run {run}: {path} was trained in {stored}, but this process would resume it in {precision}: a run "
+            f"trains in one precision; resume it where it ran (runtime.amp and the device decide: bf16 on CUDA unless "
+            f"runtime.amp is off, fp32 on a CPU), or remove {path} to train it again from the start in {precision}")
+
+
 def load_state_strict(module: nn.Module, state: dict[str, Any], source: Path | str, what: str) -> None:
     """``load_state_dict`` that names the file and every missing / unexpected / mis-shaped key."""
     own = module.state_dict()

@@ -8,6 +8,7 @@ batch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import torch
@@ -29,7 +30,9 @@ class SeededTransformDataset(Dataset):
         if seed is None:
             return self.transform(image, mask)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # The CPU generator only (the transforms run on the CPU): torch.manual_seed would also queue a lazy seed
+            # of every accelerator backend, recording a stack trace per sample (a few % of a small model's step).
+            torch.default_generator.manual_seed(seed)
             return self.transform(image, mask)
 
 
@@ -65,6 +68,29 @@ class IterationBatchSampler(Sampler):
                               step * global_batch + (self.rank + 1) * self.batch_size)
                 yield [(int(i), int(aug_seeds[i])) for i in order[chunk]]
                 iteration += 1
+
+
+#: Decoding workers per GPU process by default: Cityscapes-sized images need at least 4 to keep a GPU fed, 8 leave
+#: room (``python -m benchmark perf --num-workers 0 2 4 8`` measures it for a setting on a machine).
+GPU_WORKERS = 8
+
+
+def worker_count(setting: int | str, device_type: str) -> int:
+    """``runtime.num_workers``: a number as given; ``auto``: none on a CPU (its cores are busy computing the step),
+    on a GPU ``GPU_WORKERS`` or one less than this
+    process's share of the cores (``OMP_NUM_THREADS`` where a launcher set it, else the cores this process may
+    use over the processes of its node), whichever is fewer, and at least 1."""
+    if setting != "auto":
+        return int(setting)
+    if device_type != "cuda":
+        return 0
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        share = int(threads)
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        share = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(GPU_WORKERS, share - 1))
 
 
 def iterations_per_epoch(length: int, batch_size: int, world_size: int = 1) -> int:

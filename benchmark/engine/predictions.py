@@ -79,7 +79,7 @@ def save_predictions(model: SegmentationModel, eval_set: Dataset, eval_split: st
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast_context(device, runtime):
             logits = model(inputs)
-        prediction = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+        prediction = logits.float().argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
         size = display_size(*label.shape[-2:], plan.max_side)
         atomic_write_bytes(prediction_path(folder, eval_split, index),
                            label_png(prediction, spec.palette, spec.ignore_index, size))

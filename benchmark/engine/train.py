@@ -7,6 +7,7 @@ Host syncs happen only at logging, evaluation and checkpoint steps, never inside
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import logging
 import math
@@ -25,8 +26,15 @@ from benchmark.convert import describe_weights, load_weights
 from benchmark.data.transforms import EvalTransform, TrainTransform
 from benchmark.engine import distributed
 from benchmark.engine.board import RunBoard, folder_name
-from benchmark.engine.checkpoint import load_checkpoint, load_state_strict, rng_state, save_checkpoint, set_rng_state
-from benchmark.engine.loader import eval_loader, iterations_per_epoch, train_loader
+from benchmark.engine.checkpoint import (
+    check_precision,
+    load_checkpoint,
+    load_state_strict,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from benchmark.engine.loader import eval_loader, iterations_per_epoch, train_loader, worker_count
 from benchmark.engine.predictions import QualitativePlan, save_predictions
 from benchmark.engine.prepare import run_prepare
 from benchmark.engine.step import step_losses
@@ -39,6 +47,8 @@ from benchmark.suite import ScheduleConfig
 from methods.base import Batch, CompositeMethod
 
 TASK_TERMS = ("ce", "aux_ce")
+#: The loop's log line at every ``log_every`` step, right after its one host sync (``perf`` clocks the loop by it).
+ITERATION_LOG = "%s: iteration %d/%d lr %.3g %s"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -104,7 +114,10 @@ def lr_lambda(schedule: ScheduleConfig, total: int):
     return factor
 
 
-def make_optimizer(schedule: ScheduleConfig, student: SegmentationModel, method: CompositeMethod):
+def make_optimizer(schedule: ScheduleConfig, student: SegmentationModel, method: CompositeMethod,
+                   device: torch.device | None = None):
+    """SGD or AdamW over the student's (and the method's) parameter groups; on CUDA the fused kernels where this
+    torch has them (a few launches for all parameters instead of several per tensor; the same update rule)."""
     trainable = [p for p in student.parameters() if p.requires_grad]
     head = {id(p) for p in student.head_parameters()} if schedule.head_lr_mult != 1 else set()
     if schedule.head_lr_mult != 1 and not head:
@@ -117,10 +130,13 @@ def make_optimizer(schedule: ScheduleConfig, student: SegmentationModel, method:
     method_params = list(method.student_optimizer_parameters())
     if method_params:
         groups.append({"params": method_params, "lr": schedule.lr * schedule.method_lr_mult, "name": "method"})
+    kind = torch.optim.SGD if schedule.optimizer == "sgd" else torch.optim.AdamW
+    on_cuda = device is not None and device.type == "cuda"
+    fused = {"fused": True} if on_cuda and "fused" in inspect.signature(kind).parameters else {}
     if schedule.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum, nesterov=schedule.nesterov,
-                               weight_decay=schedule.weight_decay)
-    return torch.optim.AdamW(groups, lr=schedule.lr, weight_decay=schedule.weight_decay)
+                               weight_decay=schedule.weight_decay, **fused)
+    return torch.optim.AdamW(groups, lr=schedule.lr, weight_decay=schedule.weight_decay, **fused)
 
 
 def group_lr_lambdas(schedule: ScheduleConfig, total: int, per_epoch: int, method: CompositeMethod, optimizer):
@@ -140,9 +156,18 @@ def group_lr_lambdas(schedule: ScheduleConfig, total: int, per_epoch: int, metho
     return [method_factor if group.get("name") == "method" else base for group in optimizer.param_groups]
 
 
+def resolved_precision(device: torch.device, runtime: dict[str, Any]) -> str:
+    """``"bf16"`` (autocast) on CUDA unless ``runtime.amp`` is ``off``, else ``"fp32"``; never ``"auto"``.
+
+    bf16 and fp32 give different numbers, so the record and the checkpoint store this resolved value. The key of a
+    run leaves ``runtime.amp`` out (a suite has the same keys on a CPU login node and a GPU job), so a resume checks
+    it instead. On a CPU every setting computes in fp32.
+    """
+    return "bf16" if device.type == "cuda" and runtime.get("amp", "auto") in ("auto", "bf16") else "fp32"
+
+
 def autocast_context(device: torch.device, runtime: dict[str, Any]):
-    amp = runtime.get("amp", "auto")
-    if device.type == "cuda" and amp in ("auto", "bf16"):
+    if resolved_precision(device, runtime) == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -150,6 +175,18 @@ def autocast_context(device: torch.device, runtime: dict[str, Any]):
 def use_channels_last(device: torch.device, runtime: dict[str, Any]) -> bool:
     setting = runtime.get("channels_last", "auto")
     return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+#: torch.compile's backend for ``runtime.compile`` (tests use "aot_eager": the same graphs without code generation).
+COMPILE_BACKEND = "inductor"
+
+
+def compile_in_place(model: nn.Module, runtime: dict[str, Any]) -> None:
+    """``runtime.compile``: :meth:`torch.nn.Module.compile`, which keeps the module itself, so its state dict keys,
+    checkpoints and feature hooks are those of eager. Dynamo traces the hooks present at a call and compiles again
+    for a new set of them (another method's points) or another mode (training, evaluation)."""
+    if runtime.get("compile"):
+        model.compile(backend=COMPILE_BACKEND)
 
 
 @torch.inference_mode()
@@ -167,7 +204,8 @@ def evaluate(model: SegmentationModel, loader, num_classes: int, ignore_index: i
         labels = labels.to(device, non_blocking=True)
         with autocast_context(device, runtime):
             logits = model(images)
-        matrix.update(logits.argmax(dim=1), labels)
+        # The class from float32 logits whatever dtype autocast left them in: one argmax for every precision.
+        matrix.update(logits.float().argmax(dim=1), labels)
     distributed.all_reduce_sum(matrix.matrix)
     model.train(was_training)
     return matrix.compute(absent_class_policy).as_dict()
@@ -222,15 +260,22 @@ def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: 
     channels_last = use_channels_last(device, job.runtime)
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(schedule, student, method)
+        if teacher is not None:  # in place; the teacher is shared by this process's runs, converting twice is a no-op
+            teacher.to(memory_format=torch.channels_last)
+    compile_in_place(student, job.runtime)
+    if teacher is not None:
+        compile_in_place(teacher, job.runtime)
+    optimizer = make_optimizer(schedule, student, method, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, group_lr_lambdas(schedule, total, per_epoch, method,
                                                                               optimizer))
 
     checkpoint_path = job.folder / "checkpoint.pt"
     best_path = job.folder / "best.pt"
+    precision = resolved_precision(device, job.runtime)
     state = {"iteration": 0, "elapsed": 0.0, "best": None, "history": []}
     if checkpoint_path.is_file():
         saved = load_checkpoint(checkpoint_path)
+        check_precision(job.name, checkpoint_path, saved.get("precision"), precision)
         load_state_strict(student, saved["model"], checkpoint_path, "the student")
         load_state_strict(method, saved["method"], checkpoint_path, "the method's modules")
         optimizer.load_state_dict(saved["optimizer"])
@@ -258,8 +303,11 @@ def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: 
              dataset_cfg["label_pad"], dataset_cfg["gaussian_blur"], schedule.head_lr_mult,
              f" / {task_divisor} (batch average)" if task_divisor != 1 else " pixel mean",
              "authors' KD" if authors_forward else "plain")
-    num_workers = int(job.runtime.get("num_workers", 0))
+    num_workers = worker_count(job.runtime.get("num_workers", 0), device.type)
     pin = device.type == "cuda"
+    log.info("%s: trains and evaluates in %s on %s%s%s, %d loader worker(s)", job.name, precision, device,
+             ", channels_last" if channels_last else "", ", compiled" if job.runtime.get("compile") else "",
+             num_workers)
 
     def batches(seed: int, start: int, stop: int):
         loader = train_loader(train_set, train_transform, schedule.batch_size, seed, stop, start, num_workers, pin,
@@ -288,7 +336,7 @@ def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: 
             return
         save_checkpoint(checkpoint_path, {
             "model": student.state_dict(), "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": rng_state(), "scaler": None,
+            "scheduler": scheduler.state_dict(), "rng": rng_state(), "scaler": None, "precision": precision,
             "progress": {**state, "iteration": iteration},
         })
 
@@ -351,7 +399,7 @@ def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: 
                 raise NonFiniteLossError(f"non-finite loss at iteration {iteration}: {means}")
             state["last_losses"] = means
             progress.set_postfix(loss=f"{means['total']:.4f}")
-            log.info("%s: iteration %d/%d lr %.3g %s", job.name, iteration, total, scheduler.get_last_lr()[0],
+            log.info(ITERATION_LOG, job.name, iteration, total, scheduler.get_last_lr()[0],
                      " ".join(f"{k}={v:.4f}" for k, v in means.items()))
             board.training(iteration, means, optimizer)
         state["elapsed"] = elapsed_before + time.perf_counter() - started
@@ -408,6 +456,7 @@ def _train_run(job: TrainJob, device: torch.device, log: logging.Logger, board: 
         "iterations_per_epoch": per_epoch,
         "last_losses": state.get("last_losses", {}),
         "qualitative": qualitative,
+        "precision": {"train": precision, "eval": precision},
         "timing": {
             "wall_seconds": wall,
             "device_hours": wall * world / 3600,

@@ -20,6 +20,7 @@ from benchmark.report.tables import (
     fmt,
     fmt_millions,
     has_gain_claims,
+    precision_text,
     side_by_side,
     tests_note,
 )
@@ -80,7 +81,10 @@ def run_rows(report: Report) -> list[dict]:
                      "best_iteration": r["best_iteration"] if r["best_iteration"] == r["best_iteration"] else "–",
                      "iterations": r["iterations"], "device_hours": fmt(r["device_hours"], 3),
                      "peak_memory": fmt(r["peak_memory_bytes"] / 2**30, 2) if r["peak_memory_bytes"] else "–",
-                     "device": r["device"], "commit": (r["git_commit"] or "unknown")[:12] + (" *" if r["git_dirty"]
+                     "device": r["device"],
+                     "precision": precision_text({"train": r["train_precision"], "eval": r["eval_precision"]}
+                                                 if isinstance(r["train_precision"], str) else None),
+                     "commit": (r["git_commit"] or "unknown")[:12] + (" *" if r["git_dirty"]
                                                                                               else ""),
                      "run_key": r["run_key"], "hparams": r["method_hparams"],
                      "params": fmt_millions(r["params"])})

@@ -192,8 +192,8 @@ RUN_COLUMNS = [
     "best_selected_on", "best_split", "best_iteration", "best_miou", "best_pixel_accuracy",
     "params", "flops", "gflops", "flops_input_size", "method_params",
     "device_hours", "wall_seconds", "seconds_per_iteration", "peak_memory_bytes", "peak_memory_kind",
-    "device", "world_size", "iterations", "git_commit", "git_dirty", "torch_version", "teacher_key",
-    "method_hparams", "protocol_deviations", "protocol_reference",
+    "device", "world_size", "train_precision", "eval_precision", "iterations", "git_commit", "git_dirty",
+    "torch_version", "teacher_key", "method_hparams", "protocol_deviations", "protocol_reference",
 ]
 
 
@@ -245,6 +245,8 @@ def tidy_runs(records: list[dict[str, Any]]) -> pd.DataFrame:
             "peak_memory_kind": timing.get("peak_memory_kind"),
             "device": timing.get("device"),
             "world_size": timing.get("world_size"),
+            "train_precision": (record.get("precision") or {}).get("train"),
+            "eval_precision": (record.get("precision") or {}).get("eval"),
             "iterations": record.get("iterations"),
             "git_commit": env.get("git_commit"),
             "git_dirty": env.get("git_dirty"),
@@ -1072,10 +1074,19 @@ def provenance(records: list[dict[str, Any]], teachers: list[dict[str, Any]]) ->
         "cuda": counted(e.get("cuda") or "none (CPU)" for e in envs),
         "platforms": counted(e.get("platform") for e in envs),
         "memory_kinds": counted(t.get("peak_memory_kind") for t in timing if t.get("peak_memory_kind")),
+        "precisions": counted(precision_text(r.get("precision")) for r in all_records),
         "flops_conventions": counted(c.get("flops_convention") for c in cost if c.get("flops_convention")),
         "schemas": counted(r.get("schema") for r in all_records),
         "records": len(all_records),
     }
+
+
+def precision_text(precision: dict[str, str] | None) -> str:
+    """``"bf16"`` when a run trained and evaluated in one precision, ``"train bf16, eval fp32"`` otherwise."""
+    if not precision:
+        return "not recorded"
+    train, evaluation = precision.get("train"), precision.get("eval")
+    return str(train) if train == evaluation else f"train {train}, eval {evaluation}"
 
 
 def hparam_rows(records: list[dict[str, Any]], parts: list[PartInfo]) -> list[dict[str, Any]]:
