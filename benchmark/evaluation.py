@@ -26,8 +26,8 @@ from benchmark.data.base import DatasetError
 from benchmark.data.transforms import EvalTransform
 from benchmark.engine import distributed
 from benchmark.engine.checkpoint import CheckpointError
-from benchmark.engine.loader import eval_loader
-from benchmark.engine.train import evaluate, use_channels_last
+from benchmark.engine.loader import eval_loader, worker_count
+from benchmark.engine.train import evaluate, resolved_precision, use_channels_last
 from benchmark.models.base import count_parameters
 from benchmark.registry import DATASETS, MODELS
 from benchmark.store import METRICS, SCHEMA_VERSION, ResultStore, atomic_write_json, read_json
@@ -97,7 +97,7 @@ def evaluate_checkpoint(suite_file: SuiteFile, checkpoint: str | Path, checkpoin
     if use_channels_last(device, runtime):
         model = model.to(memory_format=torch.channels_last)
     loader = eval_loader(images, EvalTransform.from_config(dataset), suite.schedule.eval_batch_size,
-                         int(runtime["num_workers"]), device.type == "cuda", distributed.rank(),
+                         worker_count(runtime["num_workers"], device.type), device.type == "cuda", distributed.rank(),
                          distributed.world_size())
     echo(f"evaluating {name} from {path} on {dataset['name']} {split} ({len(images)} images)")
     started = time.perf_counter()
@@ -112,6 +112,7 @@ def evaluate_checkpoint(suite_file: SuiteFile, checkpoint: str | Path, checkpoin
         "table": suite.title, "dataset": dataset["name"], "model": name, "checkpoint": loaded,
         "class_names": list(spec.class_names),
         "final": {"split": split, "iteration": None, **scores},
+        "precision": {"eval": resolved_precision(device, runtime)},
         "cost": {"params": count_parameters(model), "flops": count_flops(model, size), "flops_input_size": list(size),
                  "flops_convention": FLOPS_CONVENTION},
         "timing": {"wall_seconds": wall, "device": str(device), "world_size": distributed.world_size()},

@@ -283,6 +283,7 @@ def test_eval_on_a_trained_teacher_reproduces_its_record(trained, capsys):
                  str(folder / "results"), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["role"] == "eval" and record["model"] == "tiny_teacher"
+    assert record["precision"] == {"eval": stored["precision"]["eval"]} == {"eval": "fp32"}
     assert record["final"]["split"] == stored["final"]["split"] == "val"
     assert record["final"]["miou"] == pytest.approx(stored["final"]["miou"], abs=1e-12)
     assert record["final"]["per_class_iou"] == pytest.approx(stored["final"]["per_class_iou"], abs=1e-12, nan_ok=True)
