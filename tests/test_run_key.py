@@ -136,6 +136,7 @@ FIELDS: dict[str, tuple[st.SearchStrategy, frozenset]] = {
     "runtime.num_workers": (st.integers(1, 16), frozenset()),
     "runtime.amp": (st.sampled_from(["bf16", "off"]), frozenset()),
     "runtime.channels_last": (st.sampled_from(["on", "off"]), frozenset()),
+    "runtime.compile": (st.just(True), frozenset()),
     "resources.gpus": (st.integers(2, 8), frozenset()),
     "resources.time": (st.integers(1, 10_000), frozenset()),
     "resources.partition": (st.sampled_from(["gpu", "long"]), frozenset()),
