@@ -259,6 +259,9 @@ def device_slots(workers: int | None, gpus_per_run: int, gpus: list[int], cores:
     return [()] * (workers or max(1, cores // max(1, gpus_per_run)))
 
 
+JOB_POLL_S = 0.1
+
+
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -293,6 +296,10 @@ class SlotPool:
                 self._running[job.job_id] = job
             on_start(job, slot)
             try:
+                # submitit's own wait sleeps a whole second between looks; a slot left idle that long after each
+                # short run adds up over a suite of them.
+                while not job.done():
+                    time.sleep(JOB_POLL_S)
                 return job.results()[0]  # rank 0's outcome; a multi-task job has one result per task
             finally:
                 with self._lock:
