@@ -27,6 +27,19 @@ def leftovers(folder):
     return sorted(p.name for p in folder.iterdir() if p.name != "metrics.json")
 
 
+def crashing_half_way(handle):
+    """``handle`` whose next write puts half of its bytes on disk, then dies."""
+    real_write = handle.write
+
+    def write(data):
+        real_write(data[: len(data) // 2])
+        handle.flush()
+        raise Crash
+
+    handle.write = write
+    return handle
+
+
 @pytest.mark.parametrize("where", ["replace", "fsync", "write"])
 def test_interrupted_write_keeps_the_old_file_whole_and_leaves_no_partial_file(tmp_path, monkeypatch, where):
     path = tmp_path / "metrics.json"
@@ -37,36 +50,16 @@ def test_interrupted_write_keeps_the_old_file_whole_and_leaves_no_partial_file(t
     elif where == "fsync":
         monkeypatch.setattr(os, "fsync", crash)
     else:  # the process dies half-way through writing the bytes
-        real_fdopen = os.fdopen
+        real_fdopen, real_open = os.fdopen, open
 
         def half_writing_fdopen(fd, *args, **kwargs):
-            handle = real_fdopen(fd, *args, **kwargs)
-            real_write = handle.write
-
-            def write(data):
-                real_write(data[: len(data) // 2])
-                handle.flush()
-                raise Crash
-
-            handle.write = write
-            return handle
-
-        monkeypatch.setattr(os, "fdopen", half_writing_fdopen)
-        real_open = open
+            return crashing_half_way(real_fdopen(fd, *args, **kwargs))
 
         def half_writing_open(file, mode="r", *args, **kwargs):  # a plain `open(path, "wb")` gets the same fault
             handle = real_open(file, mode, *args, **kwargs)
-            if "w" in mode and "b" in mode:
-                real_write = handle.write
+            return crashing_half_way(handle) if "w" in mode and "b" in mode else handle
 
-                def write(data):
-                    real_write(data[: len(data) // 2])
-                    handle.flush()
-                    raise Crash
-
-                handle.write = write
-            return handle
-
+        monkeypatch.setattr(os, "fdopen", half_writing_fdopen)
         monkeypatch.setattr("builtins.open", half_writing_open)
     with pytest.raises(Crash):
         atomic_write_bytes(path, NEW)
