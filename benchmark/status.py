@@ -43,6 +43,7 @@ def folder_state(folder: RunFolder, job: dict[str, Any] | None, job_states: dict
 
 
 def print_status(suite_file: SuiteFile, overrides: list[str], results_root: str = "results", echo=print) -> int:
+    """Print where every run and teacher stands; 1 if any of them failed, else 0 (running and pending are fine)."""
     plan = make_plan(suite_file, results_root)
     store = plan.store
     keys = [run.key for run in plan.runs] + [t.key for part in plan.parts for t in part.teachers.values()]
@@ -55,6 +56,7 @@ def print_status(suite_file: SuiteFile, overrides: list[str], results_root: str 
         job_states = {}
     totals: Counter = Counter()
     seen: set[str] = set()
+    teachers_failed = 0
     for part in plan.parts:
         suite = part.suite
         echo(f"\n== {suite.title} [{suite.name}] ==")
@@ -64,6 +66,7 @@ def print_status(suite_file: SuiteFile, overrides: list[str], results_root: str 
                 echo(f"  teacher {label} ({model}) [{teacher.key}]: loaded from {teacher.checkpoint}")
                 continue
             state, detail = folder_state(store.teacher(teacher.key), latest.get(teacher.key), job_states)
+            teachers_failed += state == "failed"
             echo(f"  teacher {label} ({model}) [{teacher.key}]: {state}" + (f" {detail}" if detail else ""))
         for run in part.runs:
             state, detail = folder_state(plan.run_folder(run), latest.get(run.key), job_states)
@@ -83,4 +86,5 @@ def print_status(suite_file: SuiteFile, overrides: list[str], results_root: str 
             command += ["--executor", executor]
         echo("to resume (finished runs are kept, interrupted ones resume from their checkpoints, queued ones are not "
              f"submitted twice): {shlex.join(command)}")
-    return 0
+    # The exit codes of every subcommand: 1 when the check found a problem, here a failed run or teacher.
+    return 1 if totals["failed"] or teachers_failed else 0

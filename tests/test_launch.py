@@ -263,9 +263,9 @@ def test_slurm_submission_holds_a_teacher_job_and_student_arrays_after_it(tmp_pa
     assert "slurm job 43_1 (PENDING)" in status
     assert f"python -m benchmark run {suite} --results {results} --executor slurm" in status
 
-    # A cancelled array (its teacher failed) shows as failed with its log, and is submitted again.
+    # A cancelled array (its teacher failed) shows as failed with its log (status exits 1), and is submitted again.
     (fake_slurm / "sacct.txt").write_text("41|FAILED|node7\n42_[0-1]|PENDING|\n43_[0-1]|CANCELLED by 0|\n")
-    assert main(["status", str(suite), "--results", str(results)]) == 0
+    assert main(["status", str(suite), "--results", str(results)]) == 1
     status = capsys.readouterr().out
     assert "slurm job 43_0 (CANCELLED) ended; log:" in status and "failed" in status
     assert main(args) == 0
