@@ -19,6 +19,8 @@ from fixtures_data import make_camvid
 from benchmark.__main__ import main
 from benchmark.registry import DATASETS, METHODS, MODELS
 from benchmark.store import load_records
+from tests.test_runner import run_cli as run
+from tests.test_runner import write_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 NUM_CLASSES = 7
@@ -34,17 +36,6 @@ SUITE = {
     "methods": [{"name": "none"}, {"name": "kd"}],
     "seeds": [0],
 }
-
-
-def write_suite(folder: Path, data: dict, name: str = "cli.yaml") -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def run(folder: Path, suite: Path, *extra: str) -> int:
-    return main(["run", str(suite), "--results", str(folder / "results"), "--reports", str(folder / "reports"),
-                 *extra])
 
 
 def fvcore_flops(model: torch.nn.Module, size: tuple[int, int]) -> int:

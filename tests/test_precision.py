@@ -9,11 +9,11 @@ import pytest
 import torch
 import yaml
 
-from benchmark.__main__ import main
 from benchmark.engine.checkpoint import PrecisionMismatchError, stored_precision
 from benchmark.engine.train import TrainJob, resolved_precision, run_training
 from benchmark.store import load_records
 from benchmark.suite import ScheduleConfig, expand, load_suite
+from tests.test_runner import run_cli, write_suite
 
 SMOKE = Path(__file__).resolve().parent.parent / "suites" / "smoke.yaml"
 
@@ -31,10 +31,7 @@ MINI = {
 
 
 def run(tmp_path: Path, *extra: str) -> int:
-    suite = tmp_path / "mini.yaml"
-    suite.write_text(yaml.safe_dump(MINI))
-    return main(["run", str(suite), "--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports"),
-                 *extra])
+    return run_cli(tmp_path, write_suite(tmp_path, MINI), *extra)
 
 
 @pytest.mark.parametrize(("device", "amp", "expected"), [
