@@ -302,8 +302,9 @@ def plain_setup(bench: Bench, teacher: nn.Module, workers: int, compiled: bool):
     student = MODELS.get(setting.student)(bench.num_classes).to(device)
     if bench.bf16:
         student = student.to(memory_format=torch.channels_last)
-    if compiled:
+    if compiled:  # both models, as the harness's runtime.compile does (each side has its own teacher copy)
         student.compile()
+        teacher.compile()
     split = DATASETS.get(bench.dataset["name"]).build(bench.dataset["train_split"], _root(setting.root),
                                                      **bench.dataset["options"])
     loader = DataLoader(TransformedSplit(split, TrainTransform.from_config(bench.dataset, bench.ignore_index)),

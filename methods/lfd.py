@@ -62,9 +62,7 @@ def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tenso
 def pixel_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """τ² · KL(softmax(T/τ) ‖ softmax(S/τ)) summed over classes, averaged over pixels (CIRKD's CriterionKD)."""
     # float32: the log-ratio of two close distributions cancels catastrophically under bf16 autocast
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean() * temperature**2
+    return pixel_kd(student_logits.float(), teacher_logits.float(), temperature)
 
 
 class SharedAuxHead(nn.Module):
@@ -232,14 +230,12 @@ class LFD(DistillationMethod):
             terms["aux_student"] = self.lambda_aux * weighted_ce(aux_s, batch.labels, weights, batch.ignore_index)
             terms["aux_teacher"] = self.lambda_aux * weighted_ce(aux_t, batch.labels, weights, batch.ignore_index)
             terms["aux_kd"] = self.lambda_aux * pixel_kl(aux_s, aux_t.detach(), self.kd_temperature)
-        if self.use_kl or self.self_normalized_kd:
-            s_logits, t_logits = student[self.logits_point], teacher[self.logits_point]
+        kl_active = self.use_kl and batch.iteration >= self.start_iter
+        if kl_active or self.self_normalized_kd:
+            # one KL for both terms that read it
+            kl = pixel_kl(student[self.logits_point], teacher[self.logits_point], self.kd_temperature)
         if self.use_kl:
-            if batch.iteration >= self.start_iter:
-                terms["kl"] = self.lambda_kd * pixel_kl(s_logits, t_logits, self.kd_temperature)
-            else:
-                terms["kl"] = s_logits.new_zeros(())
+            terms["kl"] = self.lambda_kd * kl if kl_active else student[self.logits_point].new_zeros(())
         if self.self_normalized_kd:
-            kd = pixel_kd(s_logits.float(), t_logits.float(), self.kd_temperature)
-            terms["kd"] = kd / kd.detach().clamp_min(EPS)
+            terms["kd"] = kl / kl.detach().clamp_min(EPS)
         return terms

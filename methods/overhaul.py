@@ -121,6 +121,8 @@ class Overhaul(DistillationMethod):
         for index, name in enumerate(points):
             self.register_buffer(f"margin_{index}", torch.zeros(teacher_points[name].channels))
         self.register_buffer("margins_ready", torch.tensor(False))
+        # The buffer lives on the device: reading it is a host sync, so a step reads it only until it was True once.
+        self._margins_seen_ready = False
         self.student_points = list(points)
         self.teacher_points = list(points)
 
@@ -151,14 +153,16 @@ class Overhaul(DistillationMethod):
         return self.warmup_lr_mult if epoch < self.connector_warmup_epochs else None
 
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
-        if not bool(self.margins_ready):
-            raise RuntimeError("overhaul: margins not computed; the harness must call prepare() first")
+        if not self._margins_seen_ready:
+            if not bool(self.margins_ready):
+                raise RuntimeError("overhaul: margins not computed; the harness must call prepare() first")
+            self._margins_seen_ready = True
         warmup = self.student_frozen(batch)
         total = 0.0
-        for index, name in enumerate(self.points):
+        for index, (name, margin) in enumerate(zip(self.points, self.margins())):
             feature = student[name].detach() if warmup else student[name]
             mapped = resize_to(self.connectors[index](feature), teacher[name])
-            total = total + partial_l2(mapped, teacher[name], self.margins()[index]) / self.loss_divider[index]
+            total = total + partial_l2(mapped, teacher[name], margin) / self.loss_divider[index]
         return {"overhaul": self.alpha * total / student[self.points[0]].shape[0]}
 
     @classmethod

@@ -135,12 +135,12 @@ class Normalize:
         if normalization not in ("imagenet", "bgr_mean"):
             raise ValueError(f"normalization must be 'imagenet' or 'bgr_mean', got {normalization!r}")
         self.normalization = normalization
+        self._bgr_mean = torch.tensor(BGR_MEAN, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if self.normalization == "imagenet":
             return F.normalize(F.to_dtype(image, torch.float32, scale=True), list(IMAGENET_MEAN), list(IMAGENET_STD))
-        bgr = F.to_dtype(image, torch.float32, scale=False).flip(-3)
-        return bgr - torch.tensor(BGR_MEAN, dtype=torch.float32).view(3, 1, 1)
+        return F.to_dtype(image, torch.float32, scale=False).flip(-3) - self._bgr_mean
 
 
 class TrainTransform:
