@@ -27,3 +27,19 @@ def create_temp(folder: Path, prefix: str, suffix: str = "") -> tuple[int, Path]
         except FileExistsError:
             continue
     raise FileExistsError(f"{folder}: no free temporary name {prefix}*{suffix} after {_ATTEMPTS} attempts")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, rename: readers see the old or the new file, with the
+    permission bits the umask gives new files (:func:`create_temp`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = create_temp(path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise

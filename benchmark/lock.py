@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmark.atomic import create_temp
+from benchmark.atomic import atomic_write_bytes, create_temp
 
 STALE_ENV = "SEGKD_LOCK_STALE_S"
 HEARTBEAT_ENV = "SEGKD_LOCK_HEARTBEAT_S"
@@ -157,7 +157,7 @@ def _create(path: Path, info: dict[str, Any]) -> bool:
 
 
 def _replace(path: Path, info: dict[str, Any]) -> None:
-    os.replace(_write_temp(path.parent, info), path)
+    atomic_write_bytes(path, json.dumps(info, sort_keys=True).encode())
 
 
 def _remove_stale(path: Path, judged: dict[str, Any]) -> None:

@@ -12,14 +12,13 @@ The report reads this store alone.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from benchmark import lock as run_lock
-from benchmark.atomic import create_temp
+from benchmark.atomic import atomic_write_bytes
 from benchmark.lock import RunLockedError
 
 METRICS = "metrics.json"
@@ -31,22 +30,6 @@ LOCK = "lock"
 SUITE_RECORD = "suite.json"
 JOBS = "jobs.json"
 SCHEMA_VERSION = 1
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, rename: readers see the old or the new file, with the
-    permission bits the umask gives new files (:func:`benchmark.atomic.create_temp`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = create_temp(path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

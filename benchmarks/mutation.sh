@@ -14,7 +14,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="${MUTATION_WORKDIR:-${TMPDIR:-/tmp}/segkd-mutation}"
 # The training loop first: it is where most numbers come from, and the slowest to test.
-ORDER=('benchmark.engine.train.*' 'benchmark.engine.step.*' 'benchmark.suite.*' 'benchmark.store.*'
+ORDER=('benchmark.engine.train.*' 'benchmark.engine.step.*' 'benchmark.suite.*' 'benchmark.store.*' 'benchmark.atomic.*'
        'benchmark.engine.checkpoint.*' 'methods.base.*' 'benchmark.metrics.*' 'benchmark.engine.loader.*'
        'benchmark.engine.distributed.*' 'benchmark.engine.prepare.*')
 if [[ $# -eq 0 || ! -d "$work/mutants" ]]; then
