@@ -181,9 +181,10 @@ class RunJob(submitit.helpers.Checkpointable):
         return outcome
 
 
-def _job_args(suite_file: SuiteFile, overrides: list[str], results_root: str | Path, job: Job,
+def _job_args(suite_file: SuiteFile, overrides: list[str], store: ResultStore, job: Job,
               commit: str) -> tuple[str, ...]:
-    return (str(Path(suite_file.path).resolve()), json.dumps(list(overrides)), str(Path(results_root).resolve()),
+    # The store's own absolute root (``~`` expanded), so a job starting in another directory finds the same folders.
+    return (str(Path(suite_file.path).resolve()), json.dumps(list(overrides)), str(store.root.parent),
             job.key, job.role, commit)
 
 
@@ -362,7 +363,7 @@ def run_local(suite_file: SuiteFile, overrides: list[str], results_root: str | P
             echo(f"{job.label}: started as local job {submitted.job_id} on {_slot_name(slot)} in "
                  f"{_folder_of(plan, job).path.resolve()}, log {_log_of(plan, job)}")
 
-        futures[pool.submit(RunJob(), _job_args(suite_file, overrides, results_root, job, commit), started)] = job
+        futures[pool.submit(RunJob(), _job_args(suite_file, overrides, plan.store, job, commit), started)] = job
 
     waiting: dict[str, list[Job]] = defaultdict(list)
     for job in teachers:
@@ -555,7 +556,7 @@ def submit_slurm(suite_file: SuiteFile, overrides: list[str], results_root: str 
 
     for job, time_min in to_submit:
         executor = _slurm_executor(plan, job.resources, time_min, f"segkd-{suite_file.name}-teacher")
-        handle = executor.submit(RunJob(), *_job_args(suite_file, overrides, results_root, job, commit))
+        handle = executor.submit(RunJob(), *_job_args(suite_file, overrides, plan.store, job, commit))
         book.add(job.key, handle, "slurm", "teacher", commit)
         teacher_jobs[job.key] = handle.job_id
         echo(f"{job.label}: submitted as job {handle.job_id}")
@@ -564,7 +565,7 @@ def submit_slurm(suite_file: SuiteFile, overrides: list[str], results_root: str 
         dependency = teacher_jobs.get(teacher_key) if teacher_key else None
         executor = _slurm_executor(plan, group[0].resources, time_min, f"segkd-{suite_file.name}", dependency)
         with executor.batch():
-            handles = [executor.submit(RunJob(), *_job_args(suite_file, overrides, results_root, job, commit))
+            handles = [executor.submit(RunJob(), *_job_args(suite_file, overrides, plan.store, job, commit))
                        for job in group]
         for job, handle in zip(group, handles):
             book.add(job.key, handle, "slurm", "student", commit, depends_on=dependency)

@@ -367,3 +367,18 @@ def test_one_visible_gpu_is_cuda_0_whatever_the_local_rank(monkeypatch):
     assert distributed.setup() == torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert distributed.setup() == torch.device("cuda", 3)
+
+
+def test_jobs_get_the_results_root_the_submitter_uses_with_home_expanded(tmp_path, monkeypatch):
+    """``--results=~/r`` reaches the program unexpanded: a job started elsewhere must still write where the
+    submitting process reads, not into ``<its cwd>/~/r``."""
+    from benchmark.launch import Job, _job_args
+    from benchmark.store import ResultStore
+    from benchmark.suite import load_suite
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    suite_file = load_suite(write_suite(tmp_path, MINI))
+    store = ResultStore("~/r", suite_file.name)
+    job = Job(key="k", role="student", label="run", part=None, config={})
+    root = Path(_job_args(suite_file, [], store, job, "")[2])
+    assert root == tmp_path / "home" / "r" and ResultStore(root, suite_file.name).root == store.root
