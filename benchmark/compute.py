@@ -22,6 +22,8 @@ assumed to take the same time per step, so its device-hours are G times its wall
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,6 +52,16 @@ TRAIN_IMAGES = {"cityscapes": {"train": 2975}, "voc_aug": {"train_aug": 10582, "
                 "camvid": {"train": 367, "train+val": 468}}
 
 
+@functools.lru_cache(maxsize=64)
+def _split_length(name: str, split: str, root: str | None, options_json: str) -> int | None:
+    """Images of a split found on disk, once per process: plans ask for every run of a suite in epochs."""
+    try:
+        root_path = Path(root).expanduser() if root else None
+        return len(DATASETS.get(name).build(split, root_path, **json.loads(options_json)))
+    except (DatasetError, OSError):
+        return None
+
+
 def schedule_iterations(suite: Suite) -> int | None:
     """The iterations of the suite's schedule (epochs x iterations per epoch at ``resources.gpus`` processes);
     None when it is given in epochs and the training split's length is unknown (dataset not found)."""
@@ -59,11 +71,9 @@ def schedule_iterations(suite: Suite) -> int | None:
     dataset = suite.dataset.resolved()
     length = TRAIN_IMAGES.get(dataset["name"], {}).get(dataset["train_split"])
     if length is None:
-        try:
-            spec = DATASETS.get(dataset["name"])
-            root = Path(dataset["root"]).expanduser() if dataset["root"] else None
-            length = len(spec.build(dataset["train_split"], root, **dataset["options"]))
-        except (DatasetError, OSError):
+        length = _split_length(dataset["name"], dataset["train_split"], dataset["root"],
+                               json.dumps(dataset["options"], sort_keys=True))
+        if length is None:
             return None
     return schedule.epochs * iterations_per_epoch(length, schedule.batch_size, max(suite.resources.gpus, 1))
 
