@@ -978,7 +978,7 @@ def _weights_identity(weights: str) -> dict[str, str] | str:
     Hugging Face cache names its blobs by their sha256, so for a hub cache this is content too)."""
     path = Path(os.path.expanduser(os.path.expandvars(weights)))
     if path.is_file():
-        return {"sha256": file_digest(str(path))}
+        return {"sha256": _file_digest_cached(*_stat(str(path)))}
     if path.is_dir():
         listing = sorted((str(f.relative_to(path)), f.stat().st_size) for f in path.rglob("*")
                          if f.is_file() and f.suffix in (".pth", ".pt", ".bin", ".safetensors", "") and
@@ -989,7 +989,8 @@ def _weights_identity(weights: str) -> dict[str, str] | str:
 
 def _checkpoint_digest(checkpoint: str) -> str:
     path = os.path.expanduser(os.path.expandvars(checkpoint))
-    return file_digest(path) if os.path.isfile(path) else f"missing:{path}"
+    # read once per process: a plan expands its suite several times, and checkpoints are hundreds of MB
+    return _file_digest_cached(*_stat(path)) if os.path.isfile(path) else f"missing:{path}"
 
 
 # --- loading ---------------------------------------------------------------------------------------
