@@ -31,7 +31,15 @@ from benchmark.engine.train import evaluate, resolved_precision, use_channels_la
 from benchmark.models.base import count_parameters
 from benchmark.registry import DATASETS, MODELS
 from benchmark.store import METRICS, SCHEMA_VERSION, ResultStore, atomic_write_json, read_json
-from benchmark.suite import Suite, SuiteError, SuiteFile, config_key, file_digest, normalization_problem
+from benchmark.suite import (
+    Suite,
+    SuiteError,
+    SuiteFile,
+    config_key,
+    dataset_key_fields,
+    file_digest,
+    normalization_problem,
+)
 
 EVALS = "evals"
 
@@ -78,7 +86,7 @@ def evaluate_checkpoint(suite_file: SuiteFile, checkpoint: str | Path, checkpoin
         images = spec.build(split, root, **dataset["options"])
     except DatasetError as error:
         raise SuiteError(f"{suite_file.path}: dataset: {error}") from None
-    config = {"dataset": {k: v for k, v in dataset.items() if k != "root"}, "split": split, "model": name,
+    config = {"dataset": dataset_key_fields(dataset), "split": split, "model": name,
               "model_options": options, "checkpoint_sha256": file_digest(str(path)),
               "checkpoint_format": checkpoint_format}
     key = "eval-" + config_key(config)

@@ -172,6 +172,11 @@ class DatasetConfig(Strict):
         return data
 
 
+def dataset_key_fields(resolved: dict[str, Any]) -> dict[str, Any]:
+    """A resolved dataset configuration as run keys and stored configs hold it: everything but where it lives."""
+    return {k: v for k, v in resolved.items() if k != "root"}
+
+
 class ScheduleConfig(Strict):
     iterations: StrictInt | None = None
     epochs: StrictInt | None = None
@@ -679,10 +684,10 @@ class Suite(Strict):
     def settings(self) -> dict[str, Any]:
         """The keys a protocol fact may name, resolved as a run stores them."""
         return _jsonable({
-            "dataset": {k: v for k, v in self.dataset.resolved().items() if k != "root"},
+            "dataset": dataset_key_fields(self.dataset.resolved()),
             "schedule": self.schedule.model_dump(),
             "teachers": {key: {**t.model_dump(), "schedule": self.teacher_schedule(key).model_dump(),
-                               "dataset": {k: v for k, v in self.teacher_dataset(key).resolved().items() if k != "root"}}
+                               "dataset": dataset_key_fields(self.teacher_dataset(key).resolved())}
                          for key, t in self.teachers.items()},
         })
 
@@ -715,12 +720,12 @@ class Suite(Strict):
         ``dataset`` but ``root``, of ``schedule`` but :data:`NOT_PROTOCOL`, of the run's teacher (its schedule and
         dataset resolved), student ``students.<i>`` and method row ``methods.<j>`` (resolved hyperparameters)."""
         view: dict[str, Any] = {}
-        _flatten(view, "dataset", {k: v for k, v in self.dataset.resolved().items() if k != "root"})
+        _flatten(view, "dataset", dataset_key_fields(self.dataset.resolved()))
         _flatten(view, "schedule", _protocol_schedule(self.schedule))
         if teacher is not None and teacher in self.teachers:
             config = self.teachers[teacher].model_dump()
             config["schedule"] = _protocol_schedule(self.teacher_schedule(teacher))
-            config["dataset"] = {k: v for k, v in self.teacher_dataset(teacher).resolved().items() if k != "root"}
+            config["dataset"] = dataset_key_fields(self.teacher_dataset(teacher).resolved())
             _flatten(view, f"teachers.{teacher}", config)
         if student is not None and student < len(self.students):
             _flatten(view, f"students.{student}", self.students[student].model_dump())
@@ -918,10 +923,10 @@ def file_digest(path: str) -> str:
 def expand(suite: Suite) -> tuple[list[RunSpec], dict[str, TeacherSpec]]:
     """Every student × method × seed of a suite, and the teachers they need, keyed by resolved config."""
     dataset = suite.dataset.resolved()
-    dataset_in_key = {k: v for k, v in dataset.items() if k != "root"}
+    dataset_in_key = dataset_key_fields(dataset)
     teachers: dict[str, TeacherSpec] = {}
     for label, teacher in suite.teachers.items():
-        teacher_dataset = {k: v for k, v in suite.teacher_dataset(label).resolved().items() if k != "root"}
+        teacher_dataset = dataset_key_fields(suite.teacher_dataset(label).resolved())
         config = {"dataset": teacher_dataset, "model": teacher.model, "model_options": options_in_key(teacher.options),
                   "seed": teacher.seed}
         if teacher.checkpoint:

@@ -32,7 +32,7 @@ from benchmark.qualitative import (
 )
 from benchmark.registry import DATASETS
 from benchmark.store import atomic_write_bytes
-from benchmark.suite import config_key
+from benchmark.suite import config_key, dataset_key_fields
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class QualitativePlan:
 
 def samples_folder(store_root: Path, dataset: dict[str, Any], max_side: int) -> Path:
     """One folder per dataset configuration (the data root left out, as in run keys) and display size."""
-    key = config_key({"dataset": {k: v for k, v in dataset.items() if k != "root"}, "max_side": max_side})
+    key = config_key({"dataset": dataset_key_fields(dataset), "max_side": max_side})
     return Path(store_root) / SAMPLES / key
 
 
