@@ -29,6 +29,7 @@ from benchmark.engine.checkpoint import CheckpointError
 from benchmark.engine.loader import eval_loader, worker_count
 from benchmark.engine.train import evaluate, resolved_precision, use_channels_last
 from benchmark.models.base import count_parameters
+from benchmark.preflight import without_weights
 from benchmark.registry import DATASETS, MODELS
 from benchmark.store import METRICS, SCHEMA_VERSION, ResultStore, atomic_write_json, read_json
 from benchmark.suite import (
@@ -56,9 +57,7 @@ def evaluation_model(suite: Suite, name: str | None) -> tuple[str, dict[str, Any
         name = next(iter(suite.teachers.values())).model
     MODELS.get(name)  # an unknown name is refused with the closest known ones
     options = next((dict(ref.options) for _, ref in entries if ref.model == name), {})
-    if "pretrained" in options:  # every weight comes from the checkpoint: no ImageNet download, offline too
-        options["pretrained"] = False
-    return name, options
+    return name, without_weights(options)  # every weight comes from the checkpoint
 
 
 def evaluate_checkpoint(suite_file: SuiteFile, checkpoint: str | Path, checkpoint_format: str = "ours",

@@ -110,9 +110,8 @@ def job_graph(plan: Plan) -> tuple[list[Job], list[Job]]:
                 model = part.suite.teachers[teacher.label].model
                 teachers[teacher.key] = Job(teacher.key, "teacher", f"teacher {teacher.label} ({model})", part,
                                             teacher.config)
-            students[run.key] = Job(run.key, "student",
-                                    f"{part.suite.name}: {run.student} / {run.method_label} / seed {run.seed}", part,
-                                    run.config, teacher.key if trains_teacher else None)
+            students[run.key] = Job(run.key, "student", run.label, part, run.config,
+                                    teacher.key if trains_teacher else None)
     return list(teachers.values()), list(students.values())
 
 

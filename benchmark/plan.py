@@ -21,7 +21,7 @@ import yaml
 from benchmark.compute import COMPUTE_PROFILE, measure_profile, pair_key, schedule_iterations
 from benchmark.cost import profile_step
 from benchmark.engine.prepare import run_prepare
-from benchmark.preflight import check_pairings, missing_weights, structure_builder
+from benchmark.preflight import check_pairings, missing_weights, structure_builder, without_weights
 from benchmark.registry import DATASETS, MODELS
 from benchmark.report.significance import ALPHA, MAX_SEEDS, POWER, seeds_to_resolve
 from benchmark.runner import Part, make_plan
@@ -51,11 +51,11 @@ def profile_run(suite, run: RunSpec, device: torch.device, steps: int = 3) -> fl
     from benchmark.engine.train import build_method
 
     num_classes = DATASETS.get(suite.dataset.name).num_classes
-    student = MODELS.get(run.student)(num_classes, **_without_weights(run.student_options))
+    student = MODELS.get(run.student)(num_classes, **without_weights(run.student_options))
     teacher = None
     if run.teacher:
         config = suite.teachers[run.teacher.label]
-        teacher = MODELS.get(config.model)(num_classes, **_without_weights(config.options)).to(device).eval()
+        teacher = MODELS.get(config.model)(num_classes, **without_weights(config.options)).to(device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
     method = build_method(run.config["method"]["components"], student, teacher).to(device)
@@ -68,10 +68,6 @@ def profile_run(suite, run: RunSpec, device: torch.device, steps: int = 3) -> fl
         run_prepare(method, teacher, lambda batch=batch: batch, num_classes, device, log=lambda message: None)
     return profile_step(student, teacher, method, tuple(suite.dataset.crop), suite.schedule.batch_size,
                         num_classes, device, steps=steps, runtime=suite.runtime.model_dump())
-
-
-def _without_weights(options: dict) -> dict:
-    return {**options, "pretrained": False} if "pretrained" in options else options
 
 
 def profile_suite(plan, device: torch.device, echo=print) -> dict:
@@ -145,7 +141,7 @@ class FlopsGuess:
     def model_macs(self, name: str, options: dict, num_classes: int, crop: tuple[int, int]) -> float | None:
         from benchmark.cost import count_flops
 
-        options = _without_weights(options)  # weights change no count
+        options = without_weights(options)  # weights change no count
         # One count per architecture, at 128 x 128, scaled by the pixel count: within 3% of the count at full size
         # for the zoo's models (fixed-size pooling branches differ), and the classifier's width (the dataset's
         # classes) is a rounding error next to the backbone.

@@ -30,12 +30,17 @@ class PreflightError(SuiteError):
     """A suite that validated but cannot run (a method that cannot be built on its models, a missing file...)."""
 
 
+def without_weights(options: dict[str, Any]) -> dict[str, Any]:
+    """A model's options with ``pretrained`` switched off (where it has one): no ImageNet download, offline too."""
+    return {**options, "pretrained": False} if "pretrained" in options else options
+
+
 def structure_builder() -> ModelBuilder:
     """Models without weights on the meta device, each built once per call of the returned function's owner."""
     cache: dict[str, SegmentationModel] = {}
 
     def build(name: str, options: dict[str, Any], num_classes: int) -> SegmentationModel:
-        options = {**options, **({"pretrained": False} if "pretrained" in options else {})}
+        options = without_weights(options)
         key = json.dumps([name, options, num_classes], sort_keys=True, default=str)
         if key not in cache:
             with torch.device("meta"):

@@ -171,7 +171,7 @@ def check_resume_precision(plan: Plan, device: torch.device) -> None:
     for part in plan.parts:
         folders = [(f"teacher {spec.label}", plan.store.teacher(spec.key)) for spec in part.teachers.values()
                    if not spec.checkpoint]
-        folders += [(f"{run.suite}: {run.student} / {run.method_label} / seed {run.seed}", plan.run_folder(run))
+        folders += [(run.label, plan.run_folder(run))
                     for run in part.runs]
         for label, folder in folders:
             if folder.path in seen or folder.done or not folder.checkpoint_path.is_file():
@@ -420,7 +420,7 @@ class Runner:
         folder = self.plan.run_folder(run)
         if folder.done:
             return None
-        name = f"{part.suite.name}: {run.student} / {run.method_label} / seed {run.seed}"
+        name = run.label
         label = f"[{index}/{total}] {name}"
         try:
             teacher = self.teacher(run.teacher, part.suite, wait=wait) if run.teacher else None

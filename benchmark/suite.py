@@ -906,6 +906,11 @@ class RunSpec:
     def needs_teacher(self) -> bool:
         return self.teacher is not None
 
+    @property
+    def label(self) -> str:
+        """How messages name the run: ``suite: student / method / seed N``."""
+        return f"{self.suite}: {self.student} / {self.method_label} / seed {self.seed}"
+
 
 def config_key(config: dict[str, Any]) -> str:
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)

@@ -33,13 +33,13 @@ CORRECTION = "Holm"
 MAX_SEEDS = 1000
 
 
-def _finite(value) -> bool:
+def finite(value) -> bool:
     return value is not None and isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value)
 
 
 def common_seeds(values: Mapping[int, float], baseline: Mapping[int, float]) -> list[int]:
     """The seeds both a method and the baseline finished with a finite number, sorted."""
-    return sorted(s for s, v in values.items() if _finite(v) and s in baseline and _finite(baseline[s]))
+    return sorted(s for s, v in values.items() if finite(v) and s in baseline and finite(baseline[s]))
 
 
 def paired_test(values: Mapping[int, float], baseline: Mapping[int, float]) -> tuple[float, int]:
@@ -59,7 +59,7 @@ def paired_test(values: Mapping[int, float], baseline: Mapping[int, float]) -> t
 def holm(p_values: Iterable[float]) -> list[float]:
     """Holm-adjusted p-values of one family, in the given order; NaN entries (no test) stay NaN and are not
     counted in the family's size."""
-    p_values = [float(p) if _finite(p) else math.nan for p in p_values]
+    p_values = [float(p) if finite(p) else math.nan for p in p_values]
     tested = [i for i, p in enumerate(p_values) if math.isfinite(p)]
     adjusted = [math.nan] * len(p_values)
     if tested:
@@ -76,7 +76,7 @@ def pooled_sd(groups: Iterable[Iterable[float]]) -> tuple[float, int, int]:
     (sd, degrees of freedom, groups that contributed). A group of one value contributes nothing; NaN without any."""
     sum_squares, dof, used = 0.0, 0, 0
     for group in groups:
-        array = np.asarray([v for v in group if _finite(v)], dtype=float)
+        array = np.asarray([v for v in group if finite(v)], dtype=float)
         if array.size < 2:
             continue
         sum_squares += float(((array - array.mean()) ** 2).sum())
@@ -102,7 +102,7 @@ def detectable_effect(sd: float, pairs: int, alpha: float = ALPHA, power: float 
     Solves power(d) = ``power`` for the standardised effect d with the noncentral t distribution (n − 1 degrees
     of freedom, noncentrality d·√n), then scales by ``sd``. NaN with fewer than two pairs or no finite ``sd``.
     """
-    if pairs < 2 or not _finite(sd):
+    if pairs < 2 or not finite(sd):
         return math.nan
     return _standardised_effect(int(pairs), alpha, power) * float(sd)
 
@@ -110,7 +110,7 @@ def detectable_effect(sd: float, pairs: int, alpha: float = ALPHA, power: float 
 def seeds_to_resolve(effect: float, sd: float, alpha: float = ALPHA, power: float = POWER) -> int | None:
     """The fewest seeds whose detectable effect is at most ``|effect|`` (at least 2); None when the effect is 0,
     unknown, or needs more than MAX_SEEDS."""
-    if not _finite(effect) or not _finite(sd) or effect == 0:
+    if not finite(effect) or not finite(sd) or effect == 0:
         return None
     if sd == 0:
         return 2

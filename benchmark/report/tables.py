@@ -33,7 +33,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from benchmark.report.significance import ALPHA, CORRECTION, POWER, detectable_effect, holm, paired_test, pooled_sd
+from benchmark.report.significance import (
+    ALPHA,
+    CORRECTION,
+    POWER,
+    detectable_effect,
+    finite,
+    holm,
+    paired_test,
+    pooled_sd,
+)
 from benchmark.store import METRICS, read_json
 
 #: A reproduction further than this from the claim (mIoU points) is marked, whatever the paper's ±.
@@ -93,10 +102,6 @@ def kendall(claimed, reproduced) -> tuple[float, float, int]:
 
 
 # --- formatting (shared by every renderer) --------------------------------------------------------------
-
-
-def finite(value) -> bool:
-    return value is not None and isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value)
 
 
 def fmt(value, digits: int = 2) -> str:
