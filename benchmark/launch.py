@@ -605,8 +605,8 @@ def run_with_executor(executor: str | None, suite_file: SuiteFile, overrides: li
                       reports_root: str | Path, workers: int | None, echo=print) -> SuiteOutcome:
     """``run``: ``executor`` None is inline, except after a Slurm submission of the same suite and results, where
     it renders the report from what has finished instead of training the queued runs here."""
-    if executor not in ("local", None) and workers is not None:
-        raise LaunchError(f"--workers is for --executor local (got --executor {executor})")
+    if workers is not None and executor != "local":
+        raise LaunchError(f"--workers is for --executor local (got --executor {executor or 'inline'})")
     if workers is not None and workers < 1:
         raise LaunchError(f"--workers must be >= 1, got {workers}")
     profile_compute_view(executor, suite_file, results_root, echo)
@@ -614,7 +614,8 @@ def run_with_executor(executor: str | None, suite_file: SuiteFile, overrides: li
         return run_local(suite_file, overrides, results_root, reports_root, workers)
     if executor == "slurm":
         return submit_slurm(suite_file, overrides, results_root, reports_root)
-    if executor is None and workers is None:
+    plan = None
+    if executor is None:
         plan = make_plan(suite_file, results_root)
         unfinished = [run.key for run in plan.runs if not plan.run_folder(run).done]
         on_slurm = [key for key, entry in latest_jobs(plan.store, unfinished).items() if entry["executor"] == "slurm"]
@@ -624,8 +625,6 @@ def run_with_executor(executor: str | None, suite_file: SuiteFile, overrides: li
                  "trained here: `--executor slurm` submits what is missing, `--executor inline` trains here, "
                  f"`python -m benchmark status {suite_file.path}` shows each run's job")
             return SuiteOutcome(_render(plan, reports_root))
-    if workers is not None:
-        raise LaunchError("--workers is for --executor local")
     from benchmark.runner import run_suite
 
-    return run_suite(suite_file, results_root, reports_root)
+    return run_suite(suite_file, results_root, reports_root, plan=plan)

@@ -572,8 +572,9 @@ def _cost_input_size(suite: Suite) -> tuple[int, int]:
 
 
 def run_suite(suite_file: SuiteFile, results_root: str | Path = "results", reports_root: str | Path = "reports",
-              device: torch.device | None = None, echo=print) -> SuiteOutcome:
-    plan = make_plan(suite_file, results_root)
+              device: torch.device | None = None, echo=print, plan: Plan | None = None) -> SuiteOutcome:
+    """Train every unfinished run here, one after another, then render the report (``plan``: made already)."""
+    plan = plan or make_plan(suite_file, results_root)
     preflight(plan)
     device = device or distributed.setup()
     check_resume_precision(plan, device)
