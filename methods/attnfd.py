@@ -13,6 +13,7 @@ from torch import nn
 from benchmark.registry import METHODS
 from methods.base import (
     Batch,
+    ConnectorWarmup,
     DistillationMethod,
     PrepareContext,
     feature_connector,
@@ -128,7 +129,7 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
 
 
 @METHODS.register("attnfd")
-class AttnFD(DistillationMethod):
+class AttnFD(ConnectorWarmup, DistillationMethod):
     """AttnFD: MSE between channel-normalised, CBAM-refined feature maps of teacher and student.
 
     Mansourian, Jalali, Ahmadi, Kasaei, "Attention-guided Feature Distillation for Semantic Segmentation",
@@ -188,9 +189,7 @@ class AttnFD(DistillationMethod):
 
     paper = ("Mansourian, Jalali, Ahmadi, Kasaei, Attention-guided Feature Distillation for Semantic Segmentation, "
              "arXiv:2403.05451, 2024 (Eqs. 1-6); CODE_PRESET = AmirMansurian/AttnFD@f090bbe")
-    hyperparameters_without_effect: ClassVar[dict[str, str]] = {
-        "warmup_lr_mult": "the connectors' lr multiplier in the connector-only warm-up epochs, which "
-                          "connector_warmup_epochs (0 by default) switches on"}
+    hyperparameters_without_effect: ClassVar[dict[str, str]] = ConnectorWarmup.WARMUP_LR_MULT_WITHOUT_EFFECT
 
     def __init__(self, student_points, teacher_points, num_classes, *, alpha: float = 1.0,
                  points: Sequence[str] = ("backbone.4:pre_relu", "encoder:pre_relu", "decoder:pre_relu"),
@@ -332,12 +331,6 @@ class AttnFD(DistillationMethod):
         if self.normalization == "channel":
             return channel_normalized_mse(student, teacher)
         return tensor_normalized_sse(student, teacher)
-
-    def student_frozen(self, batch: Batch) -> bool:
-        return batch.epoch < self.connector_warmup_epochs
-
-    def lr_multiplier(self, epoch: int) -> float | None:
-        return self.warmup_lr_mult if epoch < self.connector_warmup_epochs else None
 
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
         total = 0.0

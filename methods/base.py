@@ -240,6 +240,26 @@ class DistillationMethod(nn.Module):
         return " ".join(doc.split("\n\n")[0].split()) if doc else cls.__name__
 
 
+class ConnectorWarmup:
+    """The connector-only warm-up of the pytorch-deeplab-xception KD codes (AttnFD, Overhaul, AICSD): for the first
+    ``connector_warmup_epochs`` the student stays out of the steps (:meth:`DistillationMethod.student_frozen`) and
+    the connectors train at ``warmup_lr_mult`` x the base lr (:meth:`DistillationMethod.lr_multiplier`).
+    A mixin placed before :class:`DistillationMethod`; the method sets both attributes in its constructor."""
+
+    #: For ``hyperparameters_without_effect``: the multiplier changes nothing while the warm-up is off (the default).
+    WARMUP_LR_MULT_WITHOUT_EFFECT: ClassVar[dict[str, str]] = {
+        "warmup_lr_mult": "the connectors' lr multiplier in the connector-only warm-up epochs, which "
+                          "connector_warmup_epochs (0 by default) switches on"}
+    connector_warmup_epochs: int = 0
+    warmup_lr_mult: float = 1.0
+
+    def student_frozen(self, batch: Batch) -> bool:
+        return batch.epoch < self.connector_warmup_epochs
+
+    def lr_multiplier(self, epoch: int) -> float | None:
+        return self.warmup_lr_mult if epoch < self.connector_warmup_epochs else None
+
+
 class CompositeMethod(nn.Module):
     """Several methods in one run (e.g. ``cwd + kd``, as some papers' baseline rows are): the union of
     their points, their terms prefixed by component label. Built by the harness, not registered."""

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 
 from benchmark.registry import METHODS
-from methods.base import Batch, DistillationMethod, PointConnectors, teacher_train_mode_flag
+from methods.base import Batch, ConnectorWarmup, DistillationMethod, PointConnectors, teacher_train_mode_flag
 
 
 def lad_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -19,7 +19,7 @@ def lad_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 @METHODS.register("lad")
-class LAD(DistillationMethod):
+class LAD(ConnectorWarmup, DistillationMethod):
     """LAD: mean squared error between the raw (pre-ReLU) features of student and teacher, each divided by
     its norm over the whole batch.
 
@@ -51,9 +51,7 @@ class LAD(DistillationMethod):
     paper = ("Liu et al., Rethinking Knowledge Distillation with Raw Features for Semantic Segmentation, WACV 2024 "
              "(as in AICSD/AttnFD code: batch-normalised raw-feature MSE)")
     reference_names = ("lad",)
-    hyperparameters_without_effect: ClassVar[dict[str, str]] = {
-        "warmup_lr_mult": "the connectors' lr multiplier in the connector-only warm-up epochs, which "
-                          "connector_warmup_epochs (0 by default) switches on"}
+    hyperparameters_without_effect: ClassVar[dict[str, str]] = ConnectorWarmup.WARMUP_LR_MULT_WITHOUT_EFFECT
 
     def __init__(self, student_points, teacher_points, num_classes, *, lad_lambda: float = 1.0,
                  points: tuple[str, ...] = ("backbone.4:pre_relu", "encoder:pre_relu", "decoder:pre_relu"),
@@ -68,12 +66,6 @@ class LAD(DistillationMethod):
         self.connectors = PointConnectors(self.points, student_points, teacher_points)
         self.student_points = list(self.points)
         self.teacher_points = list(self.points)
-
-    def student_frozen(self, batch: Batch) -> bool:
-        return batch.epoch < self.connector_warmup_epochs
-
-    def lr_multiplier(self, epoch: int) -> float | None:
-        return self.warmup_lr_mult if epoch < self.connector_warmup_epochs else None
 
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
         warmup = self.student_frozen(batch)

@@ -12,6 +12,7 @@ from benchmark.models.base import FeaturePoint
 from benchmark.registry import METHODS
 from methods.base import (
     Batch,
+    ConnectorWarmup,
     DistillationMethod,
     PrepareContext,
     feature_connector,
@@ -52,7 +53,7 @@ DEFAULT_POINTS = ("backbone.1:pre_relu", "backbone.2:pre_relu", "backbone.3:pre_
 
 
 @METHODS.register("overhaul")
-class Overhaul(DistillationMethod):
+class Overhaul(ConnectorWarmup, DistillationMethod):
     """Overhaul of feature distillation: pre-ReLU features, margin ReLU teacher transform, partial L2.
 
     Heo, Kim, Yun, Park, Kwak, Choi, "A Comprehensive Overhaul of Feature Distillation", ICCV 2019.
@@ -93,9 +94,7 @@ class Overhaul(DistillationMethod):
     paper = ("Heo et al., A Comprehensive Overhaul of Feature Distillation, ICCV 2019 "
              "(Eq. 3-6: margin ReLU, pre-ReLU points, partial L2)")
     reference_names = ("overhaul",)
-    hyperparameters_without_effect: ClassVar[dict[str, str]] = {
-        "warmup_lr_mult": "the connectors' lr multiplier in the connector-only warm-up epochs, which "
-                          "connector_warmup_epochs (0 by default) switches on"}
+    hyperparameters_without_effect: ClassVar[dict[str, str]] = ConnectorWarmup.WARMUP_LR_MULT_WITHOUT_EFFECT
 
     def __init__(self, student_points: dict[str, FeaturePoint], teacher_points: dict[str, FeaturePoint],
                  num_classes: int, *, alpha: float = 1e-5, points: tuple[str, ...] = DEFAULT_POINTS,
@@ -145,12 +144,6 @@ class Overhaul(DistillationMethod):
             buffer.copy_(value.to(buffer.device))
         self.margins_ready.fill_(True)
         context.log(f"overhaul: margins from {self.margin_source} for {', '.join(self.points)}")
-
-    def student_frozen(self, batch: Batch) -> bool:
-        return batch.epoch < self.connector_warmup_epochs
-
-    def lr_multiplier(self, epoch: int) -> float | None:
-        return self.warmup_lr_mult if epoch < self.connector_warmup_epochs else None
 
     def forward(self, student: dict, teacher: dict, batch: Batch) -> dict[str, torch.Tensor]:
         if not self._margins_seen_ready:
