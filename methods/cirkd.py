@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.engine.distributed import all_gather_cat
 from benchmark.registry import METHODS
 from methods.base import Batch, DistillationMethod, check_logits_point, resize_to
 from methods.ifvd import labels_to_feature_size
@@ -49,16 +49,6 @@ def grouped_minibatch_pixel_pair_loss(student_feat: torch.Tensor, teacher_feat: 
     losses = [minibatch_pixel_pair_loss(s, t, temperature)
               for s, t in zip(student_feat.split(group_size), teacher_feat.split(group_size))]
     return torch.stack(losses).mean()
-
-
-def gather_across_processes(tensor: torch.Tensor) -> torch.Tensor:
-    """All processes' ``tensor`` concatenated along dim 0 in rank order (CIRKD's ``concat_all_gather``, no
-    gradient); the tensor itself when no process group runs (guarded like benchmark/engine/distributed.py)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, tensor.contiguous())
-    return torch.cat(gathered, dim=0)
 
 
 def contrast_kd(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -173,7 +163,7 @@ class CIRKD(DistillationMethod):
     def _dequeue_and_enqueue(self, teacher_embed: torch.Tensor, labels: torch.Tensor) -> None:
         """Push the batch's teacher embeddings (already normalised, [B, C, h, w]) into the class queues."""
         classes, freq = self.num_classes, self.pixel_update_freq
-        teacher_embed, labels = gather_across_processes(teacher_embed), gather_across_processes(labels)
+        teacher_embed, labels = all_gather_cat(teacher_embed), all_gather_cat(labels)
         feats = teacher_embed.flatten(2).to(self.teacher_pixel_queue.dtype)  # [B, C, N]
         y = labels.flatten(1)  # [B, N]
         valid = (y >= 0) & (y < classes)

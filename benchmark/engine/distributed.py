@@ -53,6 +53,16 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's ``tensor`` concatenated along dim 0 in rank order, without gradient (CIRKD's
+    ``concat_all_gather``); the tensor itself in a single process."""
+    if not initialized() or dist.get_world_size() == 1:
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, dim=0)
+
+
 def average_gradients(parameters) -> None:
     """Average the gradients of the student and the method's modules across processes, in one flat
     all-reduce (no DDP wrapper: hooks, attributes like ``aux_weight`` and state-dict keys stay the model's own)."""
