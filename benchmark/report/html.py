@@ -13,6 +13,8 @@ import jinja2
 
 from benchmark.report.markdown import FLOPS_NOTE
 from benchmark.report.tables import (
+    MDE_COMPUTE_LABEL,
+    MDE_LABEL,
     TOLERANCE,
     Report,
     comparison_grid,
@@ -69,6 +71,7 @@ def statistics_context(view) -> dict:
     """The table header's statistics (tests, correction, detectable effects) and the equal-compute view."""
     compute = view.compute
     return {"seed_count": view.seed_count, "tests_note": tests_note(view.seed_count), "effects": view.effects,
+            "mde_label": MDE_LABEL, "mde_compute_label": MDE_COMPUTE_LABEL,
             "compute": compute, "compute_text": compute_budget_text(compute) if compute else "",
             "compute_effects": compute.effects if compute else []}
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from benchmark.report.tables import (
     DEVIATION_MARK,
+    MDE_COMPUTE_LABEL,
+    MDE_LABEL,
+    SIDE_BY_SIDE_KEYS,
     TOLERANCE,
     PartView,
     Report,
@@ -91,7 +94,7 @@ def results_tabular(view: PartView, student: str) -> list[str]:
                                                 r.method_params_text, r.device_hours_text,
                                                 r.status + (f" ({r.failed} failed)" if r.failed and r.n else ""))) + r" \\")
     effects = [e["text"] for e in view.effects if e["student"] == student and view.seed_count > 1]
-    note = tests_note(view.seed_count) + "".join(f" Minimal detectable effect (80% power, α = 0.05): {e}."
+    note = tests_note(view.seed_count) + "".join(f" {MDE_LABEL}: {e}."
                                                  for e in effects)
     lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", r"{\footnotesize " + tex(note) + "}",
               r"\par\medskip", ""]
@@ -111,10 +114,10 @@ def side_by_side_tabular(view: PartView, student: str) -> list[str]:
              "Method" + r" & Iterations & mIoU (last) & Paired gain & $p$ (Holm) & GPU-h" * 2 + r" \\", r"\midrule"]
     for r in rows:
         values = [r["method"]] + [v[k] for v in (r["iterations"], r["compute"])
-                                  for k in ("iterations", "miou", "gain", "p", "device_hours")]
+                                  for k in SIDE_BY_SIDE_KEYS]
         lines.append(" & ".join(tex(v) for v in values) + r" \\")
     effects = [e["text"] for e in view.compute.effects if e["student"] == student and view.seed_count > 1]
-    note = compute_budget_text(view.compute) + "".join(f" Minimal detectable effect at equal compute: {e}."
+    note = compute_budget_text(view.compute) + "".join(f" {MDE_COMPUTE_LABEL}: {e}."
                                                        for e in effects)
     lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", r"{\footnotesize " + tex(note) + "}",
               r"\par\medskip", ""]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from benchmark.report.tables import (
     DEVIATION_MARK,
+    MDE_COMPUTE_LABEL,
+    MDE_LABEL,
+    SIDE_BY_SIDE_KEYS,
     TOLERANCE,
     PartView,
     Report,
@@ -112,12 +115,12 @@ def statistics_lines(view: PartView) -> list[str]:
     """The table header's statistics: tests and correction, detectable effects, the equal-compute budget."""
     lines = [esc(tests_note(view.seed_count)), ""]
     if view.seed_count > 1:
-        lines += [esc("Minimal detectable effect (80% power, α = 0.05): " + ("; ".join(e["text"] for e in view.effects)
+        lines += [esc(f"{MDE_LABEL}: " + ("; ".join(e["text"] for e in view.effects)
                                                                             or "–") + "."), ""]
     if view.compute is not None:
         lines += [esc(compute_budget_text(view.compute)), ""]
         if view.seed_count > 1:
-            lines += [esc("Minimal detectable effect at equal compute: " + ("; ".join(
+            lines += [esc(f"{MDE_COMPUTE_LABEL}: " + ("; ".join(
                 e["text"] for e in view.compute.effects) or "–") + "."), ""]
     return lines
 
@@ -132,7 +135,7 @@ def side_by_side_lines(view: PartView, student: str) -> list[str]:
                            for column in ("iterations", "mIoU last", "paired gain [95% CI]", "p (Holm)", "GPU-h")]
     body = [[r["method"]] + [v[k] + (f" ({v['status']})" if k == "miou" and v["status"] else "")
                              for v in (r["iterations"], r["compute"])
-                             for k in ("iterations", "miou", "gain", "p", "device_hours")] for r in rows]
+                             for k in SIDE_BY_SIDE_KEYS] for r in rows]
     return [f"#### {esc(student)}: equal iterations vs {esc(name)}", ""] + table(header, body)
 
 

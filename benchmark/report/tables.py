@@ -57,6 +57,11 @@ IN_INTERVAL, IN_TOLERANCE, OUT_OF_TOLERANCE = "within our 95% interval", "within
 OFF_PROTOCOL = "off protocol"
 #: The mark of a row whose runs left their protocol, next to every number compared with a claim.
 DEVIATION_MARK = "‡"
+#: The header words of the minimal detectable effect, in every format.
+MDE_LABEL = f"Minimal detectable effect ({POWER:.0%} power, α = {ALPHA:g})"
+MDE_COMPUTE_LABEL = "Minimal detectable effect at equal compute"
+#: The numbers of each view in a side-by-side row (:func:`side_by_side`), in column order.
+SIDE_BY_SIDE_KEYS = ("iterations", "miou", "gain", "p", "device_hours")
 #: What a row's status can be, in the order the report counts them (``status_kind`` of a row).
 STATUS_KINDS = ("reproduced", "below claim", "above claim", "not comparable", OFF_PROTOCOL, "no claim", "not run",
                 "failed", "not implemented", "student not in suite")
