@@ -48,8 +48,7 @@ EVALS = "evals"
 def evaluation_model(suite: Suite, name: str | None) -> tuple[str, dict[str, Any]]:
     """(model, options) to evaluate: ``name`` with the options the suite gives it (a teacher's or a student's),
     or the suite's only teacher when no name is given."""
-    entries = [(f"teachers.{label}", t) for label, t in suite.teachers.items()]
-    entries += [(f"students[{i}]", s) for i, s in enumerate(suite.students)]
+    entries = suite.model_refs()
     if name is None:
         if len(suite.teachers) != 1:
             listed = ", ".join(f"{where} {ref.model}" for where, ref in entries)

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmark.data.transforms import TrainTransform
 from benchmark.registry import DATASETS, MODELS
-from benchmark.suite import DatasetConfig, ScheduleConfig, SuiteError
+from benchmark.suite import DatasetConfig, ScheduleConfig, SuiteError, expand_path
 
 #: Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's data sheets, by a part of
 #: ``torch.cuda.get_device_name()``; the first match wins, so the specific names come first.
@@ -395,7 +395,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _root(root: str | None) -> Path | None:
-    return Path(root).expanduser() if root else None
+    return expand_path(root) if root else None
 
 
 def build_bench(setting: PerfSetting) -> Bench:

@@ -11,7 +11,6 @@ files are not errors here: ``plan`` lists them (:func:`missing_weights`).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 
 from benchmark.models.base import SegmentationModel
 from benchmark.registry import DATASETS, MODELS
-from benchmark.suite import Suite, SuiteError
+from benchmark.suite import Suite, SuiteError, expand_path
 
 #: (model name, options, num_classes) -> the built model
 ModelBuilder = Callable[[str, dict[str, Any], int], SegmentationModel]
@@ -112,16 +111,10 @@ def _reason(error: BaseException, owners: list[tuple[str, str, SegmentationModel
 def missing_weights(suite: Suite) -> list[str]:
     """Weight files a suite names that are not on this machine (checkpoints, ``pretrained:`` paths)."""
     missing = []
-    configs = [(f"teachers.{label}", t) for label, t in suite.teachers.items()]
-    configs += [(f"students[{i}]", s) for i, s in enumerate(suite.students)]
-    for role, config in configs:
-        if config.checkpoint and not _expand(config.checkpoint).is_file():
+    for role, config in suite.model_refs():
+        if config.checkpoint and not expand_path(config.checkpoint).is_file():
             missing.append(f"{role}.checkpoint: {config.checkpoint}")
         weights = config.options.get("pretrained")
-        if isinstance(weights, str) and not _expand(weights).exists():
+        if isinstance(weights, str) and not expand_path(weights).exists():
             missing.append(f"{role}.options.pretrained ({config.model}): {weights}")
     return missing
-
-
-def _expand(path: str) -> Path:
-    return Path(os.path.expanduser(os.path.expandvars(path)))

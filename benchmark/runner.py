@@ -48,7 +48,7 @@ from benchmark.preflight import PreflightError, check_pairings
 from benchmark.qualitative import check_indices
 from benchmark.registry import DATASETS, MODELS
 from benchmark.store import ResultStore, RunFolder, RunLockedError
-from benchmark.suite import RunSpec, ScheduleConfig, Suite, SuiteFile, TeacherSpec, expand
+from benchmark.suite import RunSpec, ScheduleConfig, Suite, SuiteFile, TeacherSpec, expand, expand_path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,9 +116,7 @@ def make_plan(suite_file: SuiteFile, results_root: str | Path = "results") -> Pl
 
 
 def _root(root: str | None) -> Path | None:
-    import os
-
-    return Path(os.path.expanduser(os.path.expandvars(root))) if root else None
+    return expand_path(root) if root else None
 
 
 def preflight(plan: Plan) -> None:
@@ -129,9 +127,7 @@ def preflight(plan: Plan) -> None:
     for part in plan.parts:
         suite = part.suite
         num_classes = DATASETS.get(suite.dataset.name).num_classes
-        weights = [(f"teachers.{label}", teacher) for label, teacher in suite.teachers.items()]
-        weights += [(f"students[{index}]", student) for index, student in enumerate(suite.students)]
-        for where, ref in weights:
+        for where, ref in suite.model_refs():
             if ref.checkpoint and not _root(ref.checkpoint).is_file():
                 raise PreflightError(f"{plan.suite_file.path}: {where}.checkpoint: no such file "
                                      f"{_root(ref.checkpoint).resolve()}")

@@ -776,11 +776,14 @@ class Suite(Strict):
                          for name, fact in self.protocol.facts.items()]
         return _jsonable(card)
 
+    def model_refs(self) -> list[tuple[str, WeightsRef]]:
+        """``(key path, entry)`` of every teacher and student, as messages name them (``teachers.t``, ``students[0]``)."""
+        return ([(f"teachers.{key}", teacher) for key, teacher in self.teachers.items()]
+                + [(f"students[{index}]", student) for index, student in enumerate(self.students)])
+
     def _check_checkpoint_preprocessing(self) -> None:
         """An authors' checkpoint is only right with the input preprocessing its code trained it with."""
-        refs = [(f"teachers.{key}", teacher) for key, teacher in self.teachers.items()]
-        refs += [(f"students[{index}]", student) for index, student in enumerate(self.students)]
-        for where, ref in refs:
+        for where, ref in self.model_refs():
             problem = normalization_problem(f"{where}.checkpoint_format", ref.checkpoint_format,
                                             self.dataset.normalization)
             if problem:
@@ -838,8 +841,13 @@ def _same_weights(a: Any, b: Any) -> bool:
     return isinstance(a, str) and isinstance(b, str) and _file_digest_cached(*_stat(a)) == _file_digest_cached(*_stat(b))
 
 
+def expand_path(path: str) -> Path:
+    """A path as the suite writes it, with ``~`` and ``$VARIABLES`` expanded (weights, checkpoints, roots)."""
+    return Path(os.path.expanduser(os.path.expandvars(path)))
+
+
 def _stat(path: str) -> tuple[str, int, int]:
-    expanded = os.path.abspath(os.path.expanduser(os.path.expandvars(path)))
+    expanded = os.path.abspath(expand_path(path))
     try:
         stat = os.stat(expanded)
     except OSError:
@@ -986,7 +994,7 @@ def options_in_key(options: dict[str, Any]) -> dict[str, Any]:
 def _weights_identity(weights: str) -> dict[str, str] | str:
     """A weights file by its digest; a cache directory by the names and sizes of the weight files it holds (the
     Hugging Face cache names its blobs by their sha256, so for a hub cache this is content too)."""
-    path = Path(os.path.expanduser(os.path.expandvars(weights)))
+    path = expand_path(weights)
     if path.is_file():
         return {"sha256": _file_digest_cached(*_stat(str(path)))}
     if path.is_dir():
@@ -998,7 +1006,7 @@ def _weights_identity(weights: str) -> dict[str, str] | str:
 
 
 def _checkpoint_digest(checkpoint: str) -> str:
-    path = os.path.expanduser(os.path.expandvars(checkpoint))
+    path = str(expand_path(checkpoint))
     # read once per process: a plan expands its suite several times, and checkpoints are hundreds of MB
     return _file_digest_cached(*_stat(path)) if os.path.isfile(path) else f"missing:{path}"
 
