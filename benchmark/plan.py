@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmark.compute import COMPUTE_PROFILE, measure_profile, pair_key, schedule_iterations
+from benchmark.compute import COMPUTE_PROFILE, measure_profile, pair_key, read_profile, schedule_iterations
 from benchmark.cost import profile_step
 from benchmark.engine.prepare import run_prepare
 from benchmark.preflight import check_pairings, missing_weights, structure_builder, without_weights
@@ -73,10 +73,18 @@ def profile_run(suite, run: RunSpec, device: torch.device, steps: int = 3) -> fl
 def profile_suite(plan, device: torch.device, echo=print) -> dict:
     path = plan.store.root / PROFILE
     cache = read_json(path) if path.is_file() else {}
+    compute_profile = read_profile(plan.store.root)  # the equal-compute view's step times, measured just before
     for part in plan.parts:
         for run in part.runs:
             key = _pair_key(part, run)
             if f"{key}|{device.type}" in cache:
+                continue
+            known = compute_profile.get(key)
+            if known and known.get("device_type") == device.type:
+                cache[f"{key}|{device.type}"] = {"seconds_per_iteration": known["seconds_per_iteration"],
+                                                 "device": known["device"], "measured": known["measured"][:10]}
+                echo(f"  step time of {key} on {device}: {known['seconds_per_iteration']:.3f} s/iteration "
+                     f"(from {COMPUTE_PROFILE})")
                 continue
             seconds = profile_run(part.suite, run, device)
             cache[f"{key}|{device.type}"] = {"seconds_per_iteration": seconds, "device": str(device),
