@@ -356,6 +356,16 @@ class PartInfo:
     def anchor(self) -> str:
         return "part-" + "".join(c if c.isalnum() else "-" for c in self.name)
 
+    @property
+    def compute_keys(self) -> list[str]:
+        """The runs of the equal-compute view (their own keys, next to ``run_keys``)."""
+        return list((self.compute or {}).get("run_keys") or [])
+
+    @property
+    def owned_keys(self) -> list[str]:
+        """Every run key this table asks for: both views."""
+        return (self.run_keys or []) + self.compute_keys
+
 
 def _baseline(methods: list[str], components: dict[str, list[str]]) -> str | None:
     for label in methods:
@@ -412,8 +422,8 @@ def stale_runs(runs: pd.DataFrame, parts: list[PartInfo]) -> pd.DataFrame:
     keep = pd.Series(False, index=runs.index)
     for part in parts:
         keep |= runs.index.isin(part_runs(runs, part).index)
-        if part.compute:
-            keep |= (runs["part"] == part.name) & runs["run_key"].isin(part.compute["run_keys"])
+        if part.compute_keys:
+            keep |= (runs["part"] == part.name) & runs["run_key"].isin(part.compute_keys)
     return runs[~keep]
 
 
@@ -953,10 +963,6 @@ class ComputeView:
         return (self.record.get("iterations") or {}).get(student, {}).get(method)
 
 
-def _compute_keys(part: PartInfo) -> list[str]:
-    return list((part.compute or {}).get("run_keys") or [])
-
-
 def compute_reading(runs: pd.DataFrame, part: PartInfo, unfinished: list[dict[str, Any]],
                     seeds: int) -> ComputeView | None:
     """The equal-compute view of a part (None without ``compare_at``): every statistic of the table, recomputed on
@@ -965,7 +971,7 @@ def compute_reading(runs: pd.DataFrame, part: PartInfo, unfinished: list[dict[st
         return None
     from dataclasses import replace
 
-    info = replace(part, run_keys=_compute_keys(part), claims=[])
+    info = replace(part, run_keys=part.compute_keys, claims=[])
     frame = cells(runs, info, unfinished)
     return ComputeView(budget=part.compute["budget"], record=part.compute, info=info, cells=frame,
                        runs=part_runs(runs, info), effects=detectable_effects(frame, seeds))
@@ -1040,7 +1046,7 @@ class Report:
 
 
 def unfinished_rows(unfinished: list[dict[str, Any]], parts: list[PartInfo]) -> list[dict[str, Any]]:
-    owner = {key: part.name for part in parts for key in (part.run_keys or []) + _compute_keys(part)}
+    owner = {key: part.name for part in parts for key in part.owned_keys}
     rows = []
     for entry in unfinished:
         config = entry.get("config") or {}
@@ -1133,7 +1139,7 @@ def collect(results_dir: Path) -> Report:
     for part in parts:
         part.reproduction = reproduction_protocol(records, part)
         frame = cells(runs, part, unfinished)
-        owner_keys = set(part.run_keys or []) | set(_compute_keys(part))
+        owner_keys = set(part.owned_keys)
         view = PartView(info=part, cells=frame, rankings=rankings(frame), runs=part_runs(runs, part),
                         unfinished=[u for u in unfinished if u.get("run_key") in owner_keys])
         view.effects = detectable_effects(frame, view.seed_count)
