@@ -39,7 +39,7 @@ BUGS = [
         'pixel_kd(student[self.point], teacher[self.point], 1.0)',
         ("tests/test_method_hyperparameters.py::test_every_numeric_hyperparameter_reaches_the_loss[kd.temperature]",)),
     Bug("the run key including the dataset root", "benchmark/suite.py",
-        'dataset_in_key = {k: v for k, v in dataset.items() if k != "root"}', "dataset_in_key = dataset",
+        '    return {k: v for k, v in resolved.items() if k != "root"}', "    return dict(resolved)",
         ("tests/test_run_key.py",)),
     Bug("the run key excluding the schedule", "benchmark/suite.py",
         '"schedule": suite.schedule.model_dump(),\n                    "student"', '"student"',
